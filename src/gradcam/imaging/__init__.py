@@ -1,0 +1,63 @@
+"""Image files, preprocessing geometry and drawing. Knows nothing about models or gradients."""
+
+from gradcam.imaging.draw import (
+    apply_colormap,
+    available_colormaps,
+    caption_height,
+    colormap,
+    draw_box,
+    draw_contour,
+    gradient_image,
+    mask_outline,
+    overlay,
+    panel,
+)
+from gradcam.imaging.geometry import (
+    Geometry,
+    PreprocessConfig,
+    center_crop_box,
+    compute_geometry,
+    preprocess,
+    preprocess_batch,
+    resample_filter,
+    resized_size_for,
+)
+from gradcam.imaging.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    find_images,
+    load_image,
+    save_npy_atomic,
+    save_png_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Geometry",
+    "ImageReadError",
+    "PreprocessConfig",
+    "apply_colormap",
+    "available_colormaps",
+    "caption_height",
+    "center_crop_box",
+    "colormap",
+    "compute_geometry",
+    "draw_box",
+    "draw_contour",
+    "find_images",
+    "gradient_image",
+    "load_image",
+    "mask_outline",
+    "overlay",
+    "panel",
+    "preprocess",
+    "preprocess_batch",
+    "resample_filter",
+    "resized_size_for",
+    "save_npy_atomic",
+    "save_png_atomic",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]

@@ -1,0 +1,259 @@
+"""Preprocessing that remembers its geometry, and the inverse map back to original pixels.
+
+Coordinate convention (used by every function here): continuous pixel coordinates, where pixel ``i``
+covers ``[i, i + 1)``, so its centre is ``i + 0.5`` and an image of width ``W`` spans ``[0, W]``.
+With this convention a resize by factor ``s`` is exactly ``x -> x * s`` — the same convention as
+``torch.nn.functional.interpolate(..., align_corners=False)`` — and a crop at ``left`` is ``x -> x - left``.
+
+Three frames are involved: the *original* image (W0 x H0), the *resized* image (W1 x H1, shorter side
+= ``resize_size``) and the *input* frame (the centre crop fed to the network, ``input_size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model wants its input: resize the shorter side, centre-crop a square, normalise.
+
+    ``resize_size`` is the shorter side after resizing; ``input_size`` the side of the centre crop
+    (``crop_pct = input_size / resize_size``). ``mean``/``std`` are per-channel, in [0, 1] units.
+    """
+
+    input_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    @property
+    def crop_pct(self) -> float:
+        """Fraction of the resized shorter side kept by the centre crop: ``input_size / resize_size``."""
+        return self.input_size / self.resize_size
+
+    @property
+    def pil_resample(self) -> Image.Resampling:
+        """The PIL resampling filter named by ``interpolation`` (ValueError for an unknown name)."""
+        return resample_filter(self.interpolation)
+
+
+_RESAMPLE_BY_NAME: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    """Map 'nearest' | 'bilinear' | 'bicubic' to the PIL filter torchvision uses for that mode."""
+    try:
+        return _RESAMPLE_BY_NAME[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown interpolation {name!r}; expected one of {sorted(_RESAMPLE_BY_NAME)}"
+        ) from None
+
+
+Box: TypeAlias = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the network input came from in the original image.
+
+    ``original_size`` (W0, H0), ``resized_size`` (W1, H1) and ``input_size`` (W, H) are (width, height);
+    ``crop_box`` is (left, top, right, bottom) in the resized frame, right/bottom exclusive. The crop may
+    extend past the resized frame (when ``input_size > resize_size``); that part was zero padding.
+
+    Frame maps (continuous coordinates, see the module docstring)::
+
+        x_resized  = left + x_input * crop_width / input_width
+        x_original = x_resized * W0 / W1
+    """
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    crop_box: tuple[int, int, int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """(width, height) of the crop box in the resized frame."""
+        left, top, right, bottom = self.crop_box
+        return right - left, bottom - top
+
+    def _input_to_original_affine(self) -> tuple[float, float, float, float]:
+        """(scale_x, offset_x, scale_y, offset_y) with ``x_original = scale_x * x_input + offset_x``."""
+        (w0, h0), (w1, h1) = self.original_size, self.resized_size
+        left, top, _, _ = self.crop_box
+        crop_w, crop_h = self.crop_size
+        in_w, in_h = self.input_size
+        resized_to_original_x, resized_to_original_y = w0 / w1, h0 / h1
+        return (
+            crop_w / in_w * resized_to_original_x,
+            left * resized_to_original_x,
+            crop_h / in_h * resized_to_original_y,
+            top * resized_to_original_y,
+        )
+
+    def point_to_original(self, x: float, y: float) -> tuple[float, float]:
+        """Input-frame point (continuous coords) -> original-image point."""
+        sx, ox, sy, oy = self._input_to_original_affine()
+        return sx * x + ox, sy * y + oy
+
+    def point_from_original(self, x: float, y: float) -> tuple[float, float]:
+        """Original-image point -> input-frame point (inverse of :meth:`point_to_original`)."""
+        sx, ox, sy, oy = self._input_to_original_affine()
+        return (x - ox) / sx, (y - oy) / sy
+
+    def box_to_original(self, box: Sequence[float]) -> Box:
+        """Input-frame box (x0, y0, x1, y1) -> original-image box; e.g. the full input maps to the crop."""
+        x0, y0, x1, y1 = box
+        ax, ay = self.point_to_original(x0, y0)
+        bx, by = self.point_to_original(x1, y1)
+        return ax, ay, bx, by
+
+    def box_from_original(self, box: Sequence[float]) -> Box:
+        """Original-image box (x0, y0, x1, y1) -> input-frame box (may lie partly outside the input)."""
+        x0, y0, x1, y1 = box
+        ax, ay = self.point_from_original(x0, y0)
+        bx, by = self.point_from_original(x1, y1)
+        return ax, ay, bx, by
+
+    def to_original(self, maps: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., h, w)`` maps defined on the input frame to ``(..., H0, W0)`` on the original image.
+
+        The maps may have any resolution (e.g. a 7x7 layer map) and any leading dims. Steps: bilinear
+        resize (align_corners=False) to the crop's size, paste into a zero canvas of the resized frame
+        (zero outside the crop), bilinear resize to the original size. Float dtype and device are kept
+        (integer input becomes float32).
+        """
+        if maps.dim() < 2:
+            raise ValueError(f"maps must have shape (..., h, w), got {tuple(maps.shape)}")
+        if not maps.is_floating_point():
+            maps = maps.float()
+        leading = maps.shape[:-2]
+        flat = maps.reshape(-1, 1, *maps.shape[-2:])
+        crop_w, crop_h = self.crop_size
+        crop = _resize_bilinear(flat, crop_h, crop_w)
+
+        (w1, h1), (w0, h0) = self.resized_size, self.original_size
+        left, top, right, bottom = self.crop_box
+        canvas = flat.new_zeros(flat.shape[0], 1, h1, w1)
+        # Intersection of the crop with the resized frame (the crop may overhang when it was padded).
+        dst_x0, dst_y0 = max(left, 0), max(top, 0)
+        dst_x1, dst_y1 = min(right, w1), min(bottom, h1)
+        if dst_x1 > dst_x0 and dst_y1 > dst_y0:
+            canvas[..., dst_y0:dst_y1, dst_x0:dst_x1] = crop[
+                ..., dst_y0 - top : dst_y1 - top, dst_x0 - left : dst_x1 - left
+            ]
+        original = _resize_bilinear(canvas, h0, w0)
+        return original.reshape(*leading, h0, w0)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """JSON-friendly form; :meth:`from_dict` inverts it."""
+        return {
+            "original_size": list(self.original_size),
+            "resized_size": list(self.resized_size),
+            "crop_box": list(self.crop_box),
+            "input_size": list(self.input_size),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[int]]) -> Geometry:
+        """Rebuild a Geometry written by :meth:`to_dict`."""
+        o, r, c, i = (data[k] for k in ("original_size", "resized_size", "crop_box", "input_size"))
+        return cls(
+            original_size=(int(o[0]), int(o[1])),
+            resized_size=(int(r[0]), int(r[1])),
+            crop_box=(int(c[0]), int(c[1]), int(c[2]), int(c[3])),
+            input_size=(int(i[0]), int(i[1])),
+        )
+
+
+def _resize_bilinear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) with align_corners=False; identity when the size already matches."""
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def resized_size_for(original_size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
+    """(W1, H1) after resizing the shorter side to ``shorter_side``, as torchvision's Resize(int) does.
+
+    The longer side is ``int(shorter_side * long / short)`` (truncated, like torchvision).
+    """
+    width, height = original_size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shorter_side, int(shorter_side * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def center_crop_box(size: tuple[int, int], crop_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of torchvision's CenterCrop of ``crop_size`` (W, H) in an image of ``size``.
+
+    Offset is ``int(round((size - crop) / 2))`` (Python's round, half to even); when the crop is larger
+    than the image torchvision pads ``(crop - size) // 2`` on the left/top, i.e. a negative offset.
+    """
+    (width, height), (crop_w, crop_h) = size, crop_size
+
+    def offset(extent: int, crop: int) -> int:
+        if crop > extent:
+            return -((crop - extent) // 2)
+        return round((extent - crop) / 2.0)  # Python round: half to even, as torchvision
+
+    left, top = offset(width, crop_w), offset(height, crop_h)
+    return left, top, left + crop_w, top + crop_h
+
+
+def compute_geometry(original_size: tuple[int, int], config: PreprocessConfig) -> Geometry:
+    """The Geometry :func:`preprocess` produces for an image of ``original_size`` (W0, H0)."""
+    width, height = original_size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    resized = resized_size_for(original_size, config.resize_size)
+    input_size = (config.input_size, config.input_size)
+    return Geometry(
+        original_size=(width, height),
+        resized_size=resized,
+        crop_box=center_crop_box(resized, input_size),
+        input_size=input_size,
+    )
+
+
+def preprocess(image: Image.Image, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
+    """PIL image -> normalised float32 CHW tensor and its Geometry.
+
+    Equivalent to torchvision's ``Resize(resize_size, interpolation) + CenterCrop(input_size) + ToTensor()
+    + Normalize(mean, std)`` on a PIL image: ``x = (pixel / 255 - mean) / std``. Non-RGB images are
+    converted to RGB first.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    geometry = compute_geometry(image.size, config)
+    resized = image.resize(geometry.resized_size, config.pil_resample)
+    cropped = resized.crop(geometry.crop_box)  # PIL fills any overhang with 0, like torchvision's padding
+    pixels = torch.from_numpy(np.asarray(cropped, dtype=np.uint8).copy())
+    tensor = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    mean = torch.as_tensor(config.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(config.std, dtype=torch.float32).view(-1, 1, 1)
+    return tensor.sub(mean).div(std), geometry
+
+
+def preprocess_batch(
+    images: Sequence[Image.Image], config: PreprocessConfig
+) -> tuple[torch.Tensor, list[Geometry]]:
+    """Preprocess each image (see :func:`preprocess`) and stack into a (B, 3, H, W) tensor."""
+    if len(images) == 0:
+        raise ValueError("preprocess_batch needs at least one image")
+    tensors, geometries = zip(*(preprocess(image, config) for image in images))
+    return torch.stack(tensors), list(geometries)

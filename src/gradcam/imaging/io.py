@@ -1,0 +1,255 @@
+"""Reading images robustly, finding image files, and writing outputs atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; ``path`` is the file, ``reason`` says why."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {str(self.path)!r}: {reason}")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file fully and return it as an 8-bit RGB PIL image.
+
+    EXIF orientation is applied. Conversions: alpha (RGBA, LA, P with transparency, ...) is composited
+    over white, ``out = round((c * a + 255 * (255 - a)) / 255)``; 16-bit (I;16*) is scaled
+    ``round(v * 255 / 65535)``; 32-bit ``I`` likewise when its values lie in [0, 65535], else min-max
+    scaled; float ``F`` is scaled by 255 when in [0, 1], kept when in [0, 255], else min-max scaled.
+    Every failure (missing, not an image, truncated, unsupported mode) raises :class:`ImageReadError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = _apply_exif_orientation(opened, path)
+            return _to_rgb(image, path)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"image too large ({error})") from error
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as error:
+        reason = str(error) or type(error).__name__
+        if "truncated" in reason.lower():
+            reason = f"file is truncated or corrupt ({reason})"
+        raise ImageReadError(path, reason) from error
+
+
+def _apply_exif_orientation(image: Image.Image, path: Path) -> Image.Image:
+    """Rotate/flip according to the EXIF orientation tag; a broken EXIF block only warns."""
+    try:
+        transposed = ImageOps.exif_transpose(image)
+    except Exception as error:
+        warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({error})", stacklevel=3)
+        return image
+    return transposed if transposed is not None else image
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (see :func:`load_image` for the rules)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode == "P" and "transparency" in image.info:
+        return _composite_over_white(image.convert("RGBA"))
+    if mode in _ALPHA_MODES:
+        return _composite_over_white(image.convert("RGBA"))
+    if mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        return _gray_to_rgb(values * (255.0 / 65535.0))
+    if mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        if values.size and values.min() >= 0 and values.max() <= 65535:
+            return _gray_to_rgb(values * (255.0 / 65535.0))
+        return _gray_to_rgb(_min_max_to_255(values))
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        if low >= 0 and high <= 1:
+            return _gray_to_rgb(values * 255.0)
+        if low >= 0 and high <= 255:
+            return _gray_to_rgb(values)
+        return _gray_to_rgb(_min_max_to_255(values))
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ImageReadError(path, f"unsupported image mode {mode!r} ({error})") from error
+
+
+def _composite_over_white(rgba: Image.Image) -> Image.Image:
+    """RGBA -> RGB over a white background with integer rounding: (c*a + 255*(255-a) + 127) // 255."""
+    pixels = np.asarray(rgba, dtype=np.uint32)
+    colour, alpha = pixels[..., :3], pixels[..., 3:4]
+    blended = (colour * alpha + 255 * (255 - alpha) + 127) // 255
+    return Image.fromarray(blended.astype(np.uint8), "RGB")
+
+
+def _min_max_to_255(values: np.ndarray) -> np.ndarray:
+    """Linearly map [min, max] to [0, 255]; a constant image maps to 0."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) * (255.0 / (high - low))
+
+
+def _gray_to_rgb(values_0_255: np.ndarray) -> Image.Image:
+    """Round a float gray image in [0, 255] to uint8 and replicate it into three channels."""
+    gray = np.clip(np.rint(values_0_255), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+
+
+def _has_image_extension(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk_folder(folder: Path, recursive: bool) -> list[Path]:
+    """Image files in ``folder`` (sub-folders too when recursive); hidden files/folders are skipped."""
+    found: list[Path] = []
+    if recursive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend(Path(root) / f for f in files if not f.startswith("."))
+    else:
+        found.extend(p for p in folder.iterdir() if not p.name.startswith("."))
+    return [p for p in found if p.is_file() and _has_image_extension(p)]
+
+
+def find_images(paths: Sequence[str | os.PathLike[str]], recursive: bool = True) -> list[Path]:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated list of resolved image paths.
+
+    - an existing file is kept whatever its extension (a bad file is reported later by load_image);
+    - a folder contributes its files with an image extension (case-insensitive; walked recursively when
+      ``recursive``; hidden names skipped);
+    - any other entry is a glob pattern (``glob.glob(..., recursive=True)``); matched files need an image
+      extension, matched folders are walked.
+
+    A path that does not exist, or a pattern that yields no image, raises FileNotFoundError naming it.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: set[Path] = set()
+    for entry in paths:
+        candidate = Path(entry)
+        if candidate.is_file():
+            found.add(candidate.resolve())
+        elif candidate.is_dir():
+            found.update(p.resolve() for p in _walk_folder(candidate, recursive))
+        else:
+            pattern = os.fspath(entry)
+            if not glob.has_magic(pattern):
+                raise FileNotFoundError(f"no such file or folder: {pattern!r}")
+            matched: list[Path] = []
+            for match in map(Path, glob.glob(pattern, recursive=True)):
+                if match.is_dir():
+                    matched.extend(_walk_folder(match, recursive))
+                elif match.is_file() and _has_image_extension(match):
+                    matched.append(match)
+            if not matched:
+                raise FileNotFoundError(f"glob pattern matched no image files: {pattern!r}")
+            found.update(p.resolve() for p in matched)
+    return sorted(found)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write via ``write(file)`` to a temp file next to ``path``, fsync, then os.replace onto ``path``.
+
+    Parent folders are created. On any error the temp file is removed, ``path`` is left untouched and
+    the error re-raised. The result gets the usual permissions (0o666 minus the umask).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp_name: str | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+        ) as temp:
+            temp_name = temp.name
+            write(temp)
+            temp.flush()
+            os.fsync(temp.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(temp_name, _FILE_MODE)
+        os.replace(temp_name, target)
+    except BaseException:
+        if temp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+        raise
+    return target
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data`` to ``path`` (see :func:`_write_atomic`)."""
+    return _write_atomic(path, lambda file: file.write(data))
+
+
+def save_png_atomic(path: str | os.PathLike[str], image: Image.Image) -> Path:
+    """Atomically save a PIL image as PNG at ``path``."""
+    return _write_atomic(path, lambda file: image.save(file, format="PNG"))
+
+
+def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Atomically save an array in .npy format (``allow_pickle=False``: object arrays are refused)."""
+    return _write_atomic(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False))
+
+
+def _json_default(value: Any) -> Any:
+    """JSON fallback: paths -> str, numpy/torch scalars and arrays -> Python lists/numbers, dataclasses."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Atomically write ``obj`` as UTF-8 JSON (indent=2, key order kept, trailing newline).
+
+    NaN/Infinity are refused (ValueError) since they are not valid JSON; the old file then stays intact.
+    """
+    text = json.dumps(
+        obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False, default=_json_default
+    )
+    return write_bytes_atomic(path, (text + "\n").encode("utf-8"))

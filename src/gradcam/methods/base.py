@@ -1,0 +1,298 @@
+"""The shared engine: every method is a small subclass that says only what differs.
+
+One call of a layer method does, in order: validate ``x``; find the layer (once); with the model
+in eval mode and hooks that live for this call only, run ONE forward pass that records no graph
+before the layer; turn the output into scalars ``y`` (``targets.resolve_target``); differentiate
+``y`` (``-y`` for counterfactual maps) with respect to the captured activations ``A`` only
+(``torch.autograd.grad``, so no parameter gradient is ever computed and the backward stops at the
+layer); ask the subclass for its channel weights ``alpha``; ``L = ReLU(sum_k alpha_k A_k)``;
+bilinear upsampling to the input size; per-map min-max normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture import capture_layer, model_guard
+from ..errors import InputError, LayerError
+from ..explanation import Explanation
+from ..layers import choose_layer, probe_layers, resolve_layer
+from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
+
+logger = logging.getLogger("gradcam")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (B, k, u, v) maps to (B, k, H, W), ``align_corners=False``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation over the last two dims to [0, 1]; a flat map becomes all zero."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
+
+
+def first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
+    """Name and ``in_channels`` of the first 2-D convolution registered in ``model``, if any."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module.in_channels
+    return None
+
+
+def check_input(x: Any, model: nn.Module) -> torch.Tensor:
+    """Validate ``x`` as a finite, non-empty, floating (B, C, H, W) batch for ``model``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == 3 else ""
+        raise InputError(f"x must be a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise InputError(f"x must be a floating-point tensor (normalised image batch); got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise InputError("x is an empty batch (B = 0)")
+    conv = first_conv_channels(model)
+    if conv is not None and conv[1] != x.shape[1]:
+        raise InputError(
+            f"x has {x.shape[1]} channels but the model's first convolution '{conv[0]}' expects "
+            f"{conv[1]}; x must be (B, {conv[1]}, H, W)"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("x contains NaN or infinite values")
+    return x
+
+
+def usable_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a tensor autograd may use (a copy of an inference-mode tensor); call outside inference mode."""
+    return x.clone() if x.is_inference() else x
+
+
+def no_autocast(x: torch.Tensor):
+    """A context that turns autocast off on ``x``'s device: maps are computed in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def run_model(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """The forward pass ``model(x, **forward_kwargs)``, with torch's failures re-raised naming the input."""
+    try:
+        return model(x, **(forward_kwargs or {}))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"the model's forward pass failed on x of shape {tuple(x.shape)}: {first}") from error
+
+
+def finish(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
+    """Drop the k axis (dim 1) for single-target calls."""
+    return tensor if multi else tensor.squeeze(1)
+
+
+class Explainer:
+    """Base of every method: holds the model and the output selector; subclasses implement ``__call__``.
+
+    ``output`` picks the class scores out of a tuple / dict / ``ModelOutput`` (a key, an index or a
+    callable). ``eval_mode`` (default True) runs the explanation with the model in eval mode and
+    restores every module's ``training`` flag afterwards.
+    """
+
+    name: ClassVar[str] = "explainer"
+
+    def __init__(self, model: nn.Module, *, output: OutputSelector = None, eval_mode: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.output = output
+        self.eval_mode = eval_mode
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        counterfactual: bool = False,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> Explanation:
+        """Explain ``target`` for the batch ``x``; ``forward_kwargs`` are passed to ``model(x, **kw)``
+        unchanged (token ids, attention masks, ... of multi-input models)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+@dataclass
+class MapContext:
+    """What a layer method's weights may depend on, for one call."""
+
+    activations: torch.Tensor  # A, (B, K, u, v), float32
+    gradients: torch.Tensor | None  # d(sign*y)/dA, (B, k, K, u, v), float32; None if not needed
+    target: ResolvedTarget
+    output: Any  # the raw model output
+    sign: float  # +1, or -1 for counterfactual maps
+    inputs: torch.Tensor  # x, (B, C, H, W)
+    rescore: Callable[[torch.Tensor, int], torch.Tensor]  # (inputs (N,C,H,W) of image b, b) -> (N, k) scores
+    features: torch.Tensor | None = None  # what the map sums over; defaults to activations
+
+
+class LayerMethod(Explainer):
+    """A class-activation-map method at one layer: ``L = ReLU(sum_k alpha_k A_k)``.
+
+    Subclasses implement :meth:`channel_weights` (and set ``needs_gradients``). ``layer`` is an
+    ``nn.Module``, a dotted name (``"layer4.1"``) or None for the automatic choice: the last module
+    whose output is a (B, K, u, v) map with u*v > 1 before pooling removes the spatial dims.
+    """
+
+    needs_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module | str | None = None,
+        *,
+        output: OutputSelector = None,
+        eval_mode: bool = True,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(model, output=output, eval_mode=eval_mode)
+        self._layer: tuple[str, nn.Module] | None = None if layer is None else resolve_layer(model, layer)
+        self.reshape = reshape
+
+    @property
+    def layer_name(self) -> str | None:
+        """The layer in use (None until the first call when it is chosen automatically)."""
+        return None if self._layer is None else self._layer[0]
+
+    def channel_weights(self, context: MapContext) -> torch.Tensor:
+        """The channel weights alpha, (B, k, K)."""
+        raise NotImplementedError
+
+    def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, u, v); F is A unless a method says otherwise."""
+        features = context.activations if context.features is None else context.features
+        return torch.relu(torch.einsum("bjc,bcuv->bjuv", weights, features))
+
+    def _rescorer(
+        self,
+        x: torch.Tensor,
+        target: Target,
+        resolved: ResolvedTarget,
+        forward_kwargs: Mapping[str, Any] | None,
+    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """A function scoring N modified copies of image b for the same targets, without gradients."""
+
+        def rescore(inputs: torch.Tensor, b: int) -> torch.Tensor:
+            kwargs = {
+                key: value[b : b + 1].expand(inputs.shape[0], *value.shape[1:])
+                if isinstance(value, torch.Tensor) and value.shape[:1] == x.shape[:1]
+                else value
+                for key, value in (forward_kwargs or {}).items()
+            }
+            with torch.no_grad():
+                output = run_model(self.model, inputs, kwargs)
+                if resolved.classes is not None:
+                    classes = resolved.classes[b : b + 1].expand(inputs.shape[0], -1)
+                    return resolve_target(classes, output, inputs.shape[0], self.output).scores
+                return resolve_target(target, output, inputs.shape[0], self.output).scores
+
+        return rescore
+
+    def _as_grid(self, captured: torch.Tensor, name: str, batch: int) -> torch.Tensor:
+        """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given)."""
+        grid = captured if self.reshape is None else self.reshape(captured)
+        if grid.dim() != 4 or grid.shape[0] != batch:
+            via = "" if self.reshape is None else " after reshape"
+            raise LayerError(
+                f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs "
+                f"a (B, K, u, v) feature map with B={batch} (token layers need reshape=...)"
+            )
+        return grid
+
+    def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
+        if self._layer is None:
+            kwargs = {
+                key: value[:1] if isinstance(value, torch.Tensor) and value.shape[:1] == x.shape[:1] else value
+                for key, value in (forward_kwargs or {}).items()
+            }
+            name = choose_layer(probe_layers(self.model, x[:1], kwargs), self.model)
+            self._layer = resolve_layer(self.model, name)
+            logger.info("gradcam: layer chosen automatically: %s", name)
+        return self._layer
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        target: Target = None,
+        *,
+        counterfactual: bool = False,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> Explanation:
+        x = check_input(x, self.model)
+        with model_guard(self.model, self.eval_mode), torch.inference_mode(False):
+            x = usable_input(x)
+            name, layer = self._resolve(x, forward_kwargs)
+            with torch.no_grad(), capture_layer(layer, name, record_graph=self.needs_gradients) as capture:
+                output = run_model(self.model, x, forward_kwargs)
+            with torch.enable_grad():
+                resolved = resolve_target(target, output, x.shape[0], self.output)
+            sign = -1.0 if counterfactual else 1.0
+            captured = capture.activations
+            if captured is None:
+                raise LayerError(f"layer '{name}' was not called during the forward pass")
+            activations = self._as_grid(captured, name, x.shape[0])
+            gradients = None
+            if self.needs_gradients:
+                gradients = layer_gradients(sign * resolved.scores, captured, name)
+                if self.reshape is not None:
+                    gradients = torch.stack([self.reshape(g) for g in gradients.unbind(1)], dim=1)
+            with no_autocast(x):
+                context = MapContext(
+                    activations.detach().float(),
+                    None if gradients is None else gradients.float(),
+                    resolved,
+                    output,
+                    sign,
+                    x,
+                    self._rescorer(x, target, resolved, forward_kwargs),
+                )
+                weights = self.channel_weights(context)
+                raw = self.combine(weights, context)
+                heatmap = normalize(upsample(raw, tuple(x.shape[-2:])))
+        multi = resolved.multi
+        return Explanation(
+            heatmap=finish(heatmap, multi),
+            raw=finish(raw, multi),
+            scores=finish(resolved.scores.detach(), multi),
+            method=self.name,
+            weights=finish(weights, multi),
+            classes=None if resolved.classes is None else finish(resolved.classes, multi),
+            layer=name,
+            counterfactual=counterfactual,
+        )
+
+
+def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) -> torch.Tensor:
+    """``d scores[:, j] / dA`` for each of the k columns, stacked to (B, k, *A.shape[1:]).
+
+    Images are independent in eval mode, so the gradient of the batch sum gives every image's own
+    gradient; the k columns take k backward passes through the (small) part after the layer.
+    """
+    if not scores.requires_grad:
+        raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
+    k = scores.shape[1]
+    grads = []
+    for j in range(k):
+        (grad,) = torch.autograd.grad(scores[:, j].sum(), activations, retain_graph=j < k - 1, allow_unused=True)
+        if grad is None:
+            raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
+        grads.append(grad)
+    return torch.stack(grads, dim=1)

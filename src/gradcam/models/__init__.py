@@ -1,0 +1,36 @@
+"""Models for Grad-CAM: the offline default (EfficientNet-Lite0), torchvision, timm and your own.
+
+``load_model(spec)`` returns a :class:`LoadedModel` holding the module (eval mode), the preprocessing it
+expects, its class labels and a good default Grad-CAM layer. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from ._loaders import (
+    DEFAULT_MODEL,
+    IMAGENET_PREPROCESS,
+    LITE0_PREPROCESS,
+    LoadedModel,
+    ModelLoadError,
+    list_models,
+    load_model,
+    load_state_dict_file,
+    torchvision_weights_cache_path,
+)
+from .labels import class_index, imagenet_labels, imagenet_synsets, read_labels_file
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMAGENET_PREPROCESS",
+    "LITE0_PREPROCESS",
+    "LoadedModel",
+    "ModelLoadError",
+    "class_index",
+    "imagenet_labels",
+    "imagenet_synsets",
+    "list_models",
+    "load_model",
+    "load_state_dict_file",
+    "read_labels_file",
+    "torchvision_weights_cache_path",
+]

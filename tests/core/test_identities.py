@@ -1,0 +1,75 @@
+"""The seed's identity (Grad-CAM = CAM / Z on GAP + linear heads) and agreement with Captum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import gradcam
+
+
+def test_gradcam_weights_are_cam_weights_over_z(gap_net):
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 12, 10)
+    grad = gradcam.GradCAM(gap_net, "act")(x, target=torch.tensor([[0, 3], [1, 4], [2, 2]]))
+    cam = gradcam.CAM(gap_net, "act")(x, target=torch.tensor([[0, 3], [1, 4], [2, 2]]))
+    z = 6 * 5  # the layer's u*v
+    torch.testing.assert_close(grad.weights * z, cam.weights, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.raw * z, cam.raw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.heatmap, cam.heatmap, rtol=1e-5, atol=1e-6)
+    assert cam.raw.abs().sum() > 0
+
+
+def test_cam_uses_relu_of_features_when_the_head_rectifies_first(gap_net):
+    # On 'body' (before the ReLU) the head reads ReLU(A): CAM must use it, and still equal Grad-CAM * Z.
+    x = torch.randn(2, 3, 8, 8)
+    cam = gradcam.CAM(gap_net, "body")(x, target=1)
+    ref = torch.relu(torch.einsum("c,bcuv->buv", gap_net.fc.weight[1], torch.relu(gap_net.body(x))))
+    torch.testing.assert_close(cam.raw, ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_cam_rejects_a_head_that_is_not_gap_linear(hand_net, gap_net):
+    with pytest.raises(gradcam.MethodError, match="'head' takes 8 features but the layer has 2 channels"):
+        gradcam.CAM(hand_net, "features")(torch.randn(1, 1, 4, 4))
+    gap_net.pool = torch.nn.AdaptiveMaxPool2d(1)  # max pooling: not CAM's head
+    with pytest.raises(gradcam.MethodError, match="global-average-pooling \\+ linear head on the layer's output"):
+        gradcam.CAM(gap_net, "act")(torch.randn(1, 3, 8, 8))
+
+
+captum = pytest.importorskip("captum.attr")
+
+ARCHITECTURES = [
+    ("resnet18", "layer4", 64),
+    ("resnet18", "layer3.1", 64),
+    ("vgg11", "features.18", 64),  # conv followed by ReLU(inplace=True)
+    ("mobilenet_v2", "features.17", 64),
+    ("densenet121", "features.denseblock4", 64),
+]
+
+
+@pytest.mark.parametrize(("arch", "layer", "size"), ARCHITECTURES)
+def test_gradcam_agrees_with_captum(arch, layer, size):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.randn(2, 3, size, size)
+    target = torch.tensor([3, 7])
+    ours = gradcam.GradCAM(model, layer)(x, target)
+    theirs = captum.LayerGradCam(model, model.get_submodule(layer)).attribute(
+        x, target=target.tolist(), relu_attributions=True
+    )
+    scale = theirs.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(ours.raw, theirs[:, 0].detach(), rtol=1e-5, atol=1e-5 * float(scale.detach()))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_guided_backprop_agrees_with_captum(arch):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.randn(2, 3, 48, 48)
+    ours = gradcam.GuidedBackprop(model)(x, target=[5, 9]).heatmap
+    theirs = captum.GuidedBackprop(model).attribute(x, target=[5, 9])
+    scale = theirs.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale.detach()))

@@ -1,0 +1,168 @@
+"""Tests for gradcam.imaging.geometry: torchvision-equal preprocessing and the inverse geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradcam.imaging.geometry import (
+    Geometry,
+    PreprocessConfig,
+    center_crop_box,
+    compute_geometry,
+    preprocess,
+    preprocess_batch,
+    resized_size_for,
+)
+
+transforms = pytest.importorskip("torchvision.transforms")
+
+INTERPOLATIONS = {
+    "bilinear": transforms.InterpolationMode.BILINEAR,
+    "bicubic": transforms.InterpolationMode.BICUBIC,
+    "nearest": transforms.InterpolationMode.NEAREST,
+}
+
+
+def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def _torchvision_pipeline(config: PreprocessConfig) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize(config.resize_size, interpolation=INTERPOLATIONS[config.interpolation]),
+            transforms.CenterCrop(config.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(config.mean, config.std),
+        ]
+    )
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize(
+    ("width", "height", "resize", "crop"),
+    [
+        (400, 300, 256, 224),
+        (300, 400, 256, 224),
+        (97, 131, 64, 57),
+        (333, 100, 40, 33),
+        (50, 50, 32, 32),
+        (61, 45, 20, 25),
+    ],  # last one: crop larger than the resized short side -> zero padding
+)
+def test_matches_torchvision(width: int, height: int, resize: int, crop: int, interpolation: str) -> None:
+    config = PreprocessConfig(input_size=crop, resize_size=resize, interpolation=interpolation)
+    image = _random_image(width, height, seed=width * height)
+    ours, geometry = preprocess(image, config)
+    expected = _torchvision_pipeline(config)(image)
+    assert ours.dtype == torch.float32
+    assert ours.shape == expected.shape
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+    assert geometry.original_size == (width, height)
+
+
+def test_resize_and_crop_rounding_like_torchvision() -> None:
+    assert resized_size_for((400, 300), 256) == (341, 256)  # int(256 * 400 / 300) = int(341.33)
+    assert resized_size_for((299, 300), 256) == (256, 256)  # int(256 * 300 / 299) = int(256.86)
+    assert center_crop_box((341, 256), (224, 224)) == (58, 16, 282, 240)  # round(58.5) = 58 (half to even)
+    assert center_crop_box((343, 256), (224, 224)) == (60, 16, 284, 240)  # round(59.5) = 60
+    assert center_crop_box((20, 27), (25, 25)) == (-2, 1, 23, 26)  # padded: (25 - 20) // 2 = 2 on the left
+
+
+GEOMETRY_400x300 = compute_geometry((400, 300), PreprocessConfig())
+
+
+def test_geometry_of_400x300() -> None:
+    assert GEOMETRY_400x300 == Geometry(
+        original_size=(400, 300), resized_size=(341, 256), crop_box=(58, 16, 282, 240), input_size=(224, 224)
+    )
+
+
+def test_one_hot_at_input_resolution_lands_at_analytic_original_pixel() -> None:
+    x_in, y_in = 100, 50
+    one_hot = torch.zeros(224, 224)
+    one_hot[y_in, x_in] = 1.0
+    mapped = GEOMETRY_400x300.to_original(one_hot)
+    assert mapped.shape == (300, 400)
+    # Pixel centre (100.5, 50.5) -> resized (158.5, 66.5) -> original (158.5 * 400/341, 66.5 * 300/256).
+    x_expected = (x_in + 0.5 + 58) * 400 / 341 - 0.5
+    y_expected = (y_in + 0.5 + 16) * 300 / 256 - 0.5
+    row, col = divmod(int(mapped.argmax()), 400)
+    assert abs(col - x_expected) <= 1 and abs(row - y_expected) <= 1
+    assert pytest.approx((x_expected, y_expected), abs=0.05) == (185.4, 77.4)
+
+
+def test_coarse_7x7_cell_lands_at_its_centre() -> None:
+    cell = torch.zeros(2, 3, 7, 7, dtype=torch.float64)  # arbitrary leading dims and float64
+    cell[1, 2, 2, 3] = 1.0  # row 2, column 3
+    mapped = GEOMETRY_400x300.to_original(cell)
+    assert mapped.shape == (2, 3, 300, 400) and mapped.dtype == torch.float64
+    assert float(mapped[0].abs().max()) == 0.0 and float(mapped[1, :2].abs().max()) == 0.0
+    # Cell centre in the input frame: (3.5 * 32, 2.5 * 32) = (112, 80).
+    x_expected, y_expected = GEOMETRY_400x300.point_to_original(112, 80)
+    row, col = divmod(int(mapped[1, 2].argmax()), 400)
+    assert abs(col + 0.5 - x_expected) <= 1 and abs(row + 0.5 - y_expected) <= 1
+
+
+def test_outside_the_crop_maps_to_zero_and_inside_keeps_constant() -> None:
+    mapped = GEOMETRY_400x300.to_original(torch.ones(7, 7))
+    left, top, right, bottom = GEOMETRY_400x300.box_to_original((0, 0, 224, 224))
+    assert (left, top, right, bottom) == pytest.approx(
+        (58 * 400 / 341, 16 * 300 / 256, 282 * 400 / 341, 240 * 300 / 256)
+    )
+    # Strictly outside the crop (more than one original pixel away) everything is exactly 0.
+    assert float(mapped[:, : int(left) - 1].abs().max()) == 0.0
+    assert float(mapped[:, int(right) + 2 :].abs().max()) == 0.0
+    assert float(mapped[: int(top) - 1].abs().max()) == 0.0
+    assert float(mapped[int(bottom) + 2 :].abs().max()) == 0.0
+    # Well inside, a constant map stays exactly constant.
+    assert torch.allclose(
+        mapped[int(top) + 2 : int(bottom) - 2, int(left) + 2 : int(right) - 2], torch.tensor(1.0)
+    )
+
+
+def test_identity_geometry_is_identity() -> None:
+    geometry = Geometry(original_size=(5, 4), resized_size=(5, 4), crop_box=(0, 0, 5, 4), input_size=(5, 4))
+    maps = torch.rand(3, 4, 5)
+    assert torch.equal(geometry.to_original(maps), maps)
+
+
+def test_boxes_round_trip_and_points_are_affine() -> None:
+    geometry = compute_geometry((640, 480), PreprocessConfig(input_size=224, resize_size=256))
+    box = (10.0, 20.5, 100.25, 223.0)
+    original = geometry.box_to_original(box)
+    assert geometry.box_from_original(original) == pytest.approx(box)
+    assert geometry.box_to_original(geometry.box_from_original((1, 2, 3, 4))) == pytest.approx((1, 2, 3, 4))
+    # 640x480 -> 341x256 (truncated), crop left = round(58.5) = 58; per-axis scales 640/341 and 480/256.
+    assert geometry.point_to_original(0, 0) == pytest.approx((58 * 640 / 341, 16 * 1.875))
+    assert geometry.point_to_original(224, 224) == pytest.approx((282 * 640 / 341, 240 * 1.875))
+    assert geometry.point_from_original(320, 240) == pytest.approx((320 * 341 / 640 - 58, 240 / 1.875 - 16))
+
+
+def test_geometry_dict_round_trip() -> None:
+    assert Geometry.from_dict(GEOMETRY_400x300.to_dict()) == GEOMETRY_400x300
+
+
+def test_preprocess_batch_stacks_and_keeps_per_image_geometry() -> None:
+    config = PreprocessConfig(input_size=16, resize_size=20)
+    images = [_random_image(30, 20, 1), _random_image(20, 40, 2).convert("L")]
+    batch, geometries = preprocess_batch(images, config)
+    assert batch.shape == (2, 3, 16, 16)
+    assert [g.resized_size for g in geometries] == [(30, 20), (20, 40)]
+    single, _ = preprocess(images[1], config)
+    assert torch.equal(batch[1], single)
+
+
+def test_unknown_interpolation_is_rejected() -> None:
+    with pytest.raises(ValueError, match="lanczos"):
+        preprocess(
+            _random_image(8, 8), PreprocessConfig(input_size=4, resize_size=4, interpolation="lanczos")
+        )
+
+
+def test_crop_pct() -> None:
+    assert PreprocessConfig(input_size=224, resize_size=256).crop_pct == pytest.approx(0.875)
