@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .errors import GradCAMError, InputError, LayerError, MethodError, TargetError
 from .explanation import Explanation
+from .targets import TopK
 from .methods import (
     CAM,
     METHODS,
@@ -38,6 +39,7 @@ __all__ = [
     "LayerError",
     "MethodError",
     "TargetError",
+    "TopK",
     "__version__",
     "available_methods",
     "create_explainer",

@@ -23,6 +23,8 @@ class Explanation:
     - ``classes``: the class indices explained, ``(B,)`` / ``(B, k)``; None for callable targets.
     - ``scores``: the explained scalar ``y`` for each map, ``(B,)`` / ``(B, k)`` (never negated).
     - ``layer``: the name of the layer whose activations were used (None for input-space methods).
+    - ``logits``: the model's class scores (B, num_classes) from the same forward pass, detached, for
+      class-index targets (None for callable targets) — predictions come free with the maps.
     """
 
     heatmap: torch.Tensor
@@ -33,6 +35,7 @@ class Explanation:
     classes: torch.Tensor | None = None
     layer: str | None = None
     counterfactual: bool = False
+    logits: torch.Tensor | None = None
 
     @property
     def multi_target(self) -> bool:
@@ -54,4 +57,5 @@ class Explanation:
             classes=move(self.classes),
             layer=self.layer,
             counterfactual=self.counterfactual,
+            logits=move(self.logits),
         )

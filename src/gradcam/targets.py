@@ -6,7 +6,8 @@
 - an ``int``: the same class for every image;
 - a sequence or 1-D integer tensor of B class indices (one per image);
 - a ``(B, k)`` integer tensor: k classes per image, all explained from one forward pass;
-- a callable ``output -> (B,)`` tensor of scalars (or ``(B, k)`` for k scalars per image).
+- a callable ``output -> (B,)`` tensor of scalars (or ``(B, k)`` for k scalars per image);
+- ``TopK(k)``: each image's k highest-scoring classes, chosen and explained from the same forward pass.
 
 Class-index targets read the scores from the model output, selected by ``output=`` when the model
 returns a tuple, a dict or a Hugging Face ``ModelOutput``.
@@ -23,7 +24,7 @@ import torch
 from .errors import TargetError
 
 OutputSelector = Union[str, int, Callable[[Any], torch.Tensor], None]
-Target = Union[int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], None]
+Target = Union[int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], "TopK", None]
 
 
 def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
@@ -68,12 +69,25 @@ def _describe(output: Any) -> str:
 
 
 @dataclass(frozen=True)
+class TopK:
+    """Target: each image's ``k`` highest-scoring classes (maps have a k axis, best class first)."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise TargetError(f"TopK(k) needs an integer k >= 1; got {self.k!r}")
+
+
+@dataclass(frozen=True)
 class ResolvedTarget:
-    """The scalars to explain: ``scores`` (B, k) with their graph, and the classes they belong to."""
+    """The scalars to explain: ``scores`` (B, k) with their graph, the classes they belong to, and the
+    class scores they were read from (``logits``, detached; None for callable targets)."""
 
     scores: torch.Tensor
     classes: torch.Tensor | None
     multi: bool
+    logits: torch.Tensor | None = None
 
 
 def class_indices(target: Target, batch_size: int, device: torch.device) -> torch.Tensor | None:
@@ -111,7 +125,7 @@ def resolve_target(
     target: Target, output: Any, batch_size: int, selector: OutputSelector = None
 ) -> ResolvedTarget:
     """Compute the scalars y to explain from the model output (with their autograd graph)."""
-    if callable(target) and not isinstance(target, torch.Tensor):
+    if callable(target) and not isinstance(target, (torch.Tensor, TopK)):
         scores = target(select_output(output, selector) if selector is not None else output)
         if not isinstance(scores, torch.Tensor):
             raise TargetError(f"the target callable returned {type(scores).__name__}, expected a tensor")
@@ -127,15 +141,20 @@ def resolve_target(
             f"class-index targets need (B, num_classes) scores; the model gives shape "
             f"{tuple(logits.shape)}; pass a callable target for other outputs"
         )
-    indices = class_indices(target, batch_size, logits.device)
-    multi = indices is not None and isinstance(target, torch.Tensor) and target.dim() == 2
+    num_classes = logits.shape[1]
+    if isinstance(target, TopK):
+        if target.k > num_classes:
+            raise TargetError(f"TopK({target.k}) asks for more classes than the model's {num_classes}")
+        indices, multi = logits.detach().topk(target.k, dim=1).indices, True
+    else:
+        indices = class_indices(target, batch_size, logits.device)
+        multi = indices is not None and isinstance(target, torch.Tensor) and target.dim() == 2
     if indices is None:
         indices = logits.detach().argmax(dim=1, keepdim=True)
-    num_classes = logits.shape[1]
     bad = (indices < 0) | (indices >= num_classes)
     if bool(bad.any()):
         raise TargetError(
             f"target class {int(indices[bad][0])} is out of range for {num_classes} classes "
             f"(valid: 0..{num_classes - 1})"
         )
-    return ResolvedTarget(logits.gather(1, indices), indices, multi)
+    return ResolvedTarget(logits.gather(1, indices), indices, multi, logits.detach())

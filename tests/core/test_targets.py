@@ -82,3 +82,18 @@ def test_output_selector_for_dict_and_tuple(gap_net):
     via_index = gradcam.GradCAM(TupleNet(gap_net), "net.act", output=1)(x, 1).raw
     torch.testing.assert_close(via_key, reference)
     torch.testing.assert_close(via_index, reference)
+
+
+def test_topk_target_explains_the_k_best_classes_from_one_pass(gap_net):
+    from gradcam.targets import TopK
+
+    x = torch.randn(3, 3, 10, 10)
+    logits = gap_net(x).detach()
+    e = gradcam.GradCAM(gap_net, "act")(x, TopK(3))
+    expected = logits.topk(3, dim=1).indices
+    assert torch.equal(e.classes, expected)
+    torch.testing.assert_close(e.logits, logits)
+    explicit = gradcam.GradCAM(gap_net, "act")(x, expected)
+    torch.testing.assert_close(e.heatmap, explicit.heatmap)
+    with pytest.raises(gradcam.TargetError, match=r"TopK\(6\) asks for more classes than the model's 5"):
+        gradcam.GradCAM(gap_net, "act")(x, TopK(6))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,30 @@ def test_torchvision_finetuned_head_and_wrong_weights(tmp_path: Path) -> None:
     torch.save(_tiny().state_dict(), other)
     with pytest.raises(ModelLoadError, match=r"do not fit the model \(ResNet\); missing keys: conv1.weight"):
         load_model("torchvision:resnet18", weights=other)
+
+
+def test_torchvision_old_densenet_keys_and_versioned_modules(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    densenet = torchvision.models.densenet121().eval()
+    old = re.compile(r"(denselayer\d+\.(?:norm|conv))([12])\.(weight|bias|running_mean|running_var)$")
+    state = OrderedDict(  # the key style of torchvision's published DenseNet files
+        (old.sub(r"\1.\2.\3", k), v) for k, v in densenet.state_dict().items() if "num_batches" not in k
+    )
+    assert any(".norm.1." in k for k in state)
+    torch.save(state, tmp_path / "densenet.pth")
+    loaded = load_model("torchvision:densenet121", weights=tmp_path / "densenet.pth")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), densenet(x), atol=0, rtol=0)
+    # MNASNet's loader needs the state dict's version metadata: kept through 'module.' stripping
+    mnasnet = torchvision.models.mnasnet0_5().eval()
+    plain = mnasnet.state_dict()
+    wrapped = OrderedDict((f"module.{k}", v) for k, v in plain.items())
+    wrapped._metadata = OrderedDict((f"module.{k}" if k else "module", v) for k, v in plain._metadata.items())
+    torch.save({"state_dict": wrapped}, tmp_path / "mnasnet.pth")
+    loaded = load_model("torchvision:mnasnet0_5", weights=tmp_path / "mnasnet.pth")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), mnasnet(x), atol=0, rtol=0)
 
 
 def test_weights_file_errors(tmp_path: Path) -> None:

@@ -49,8 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from ._common import CLIError
+
     try:
         return int(args._run(args) or 0)
+    except CLIError as error:
+        print(f"gradcam: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -277,6 +277,7 @@ class LayerMethod(Explainer):
             classes=None if resolved.classes is None else finish(resolved.classes, multi),
             layer=name,
             counterfactual=counterfactual,
+            logits=resolved.logits,
         )
 
 

@@ -58,6 +58,7 @@ class GuidedBackprop(Explainer):
             method=self.name,
             classes=None if resolved.classes is None else finish(resolved.classes, resolved.multi),
             counterfactual=counterfactual,
+            logits=resolved.logits,
         )
 
 
@@ -107,4 +108,5 @@ class GuidedGradCAM(Explainer):
             classes=cam.classes,
             layer=cam.layer,
             counterfactual=counterfactual,
+            logits=cam.logits,
         )

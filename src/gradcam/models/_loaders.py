@@ -104,10 +104,31 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """Drop a 'module.' (DataParallel) or '_orig_mod.' (torch.compile) prefix common to every key.
+
+    The state dict's ``_metadata`` (module versions, which some modules' loaders need) is kept.
+    """
     out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
     for prefix in _STRIP_PREFIXES:
         if out and all(k.startswith(prefix) for k in out):
             out = OrderedDict((k[len(prefix) :], v) for k, v in out.items())
+            if metadata is not None:
+                metadata = type(metadata)(
+                    (k[len(prefix) :] if k.startswith(prefix) else ("" if k == prefix[:-1] else k), v)
+                    for k, v in metadata.items()
+                )
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def _copy_state(state: Mapping[str, torch.Tensor], metadata: Any = None) -> OrderedDict[str, torch.Tensor]:
+    """A shallow copy of a state dict that keeps its ``_metadata`` (module versions)."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    metadata = metadata if metadata is not None else getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
     return out
 
 
@@ -146,7 +167,8 @@ def load_state_dict_file(path: str | Path) -> OrderedDict[str, torch.Tensor]:
 def _diff_message(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> str | None:
     """Describe missing/unexpected/mis-shaped keys of ``state`` against ``model``; None if it fits."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    # BatchNorm fills in num_batches_tracked itself when an old file lacks it
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -174,7 +196,12 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
     message = _diff_message(model, state, source)
     if message:
         raise ModelLoadError(message)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"weights from {source} do not fit the model ({type(model).__name__}): {exc}"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -375,23 +402,22 @@ def _load_torchvision(
     # Build the way torchvision builds a pretrained model (it adjusts e.g. transform_input, image_size),
     # but hand it our tensors instead of letting it fetch a URL.
     def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        return dict(state)
+        return _copy_state(state)
 
     model: nn.Module | None = None
     try:
         with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
             model = builder(weights=weights_enum)
-    except (RuntimeError, KeyError, ValueError):
+    except (RuntimeError, KeyError, ValueError, TypeError):
         model = None
     if model is None:
         # A fine-tuned model: same architecture, maybe a different number of classes.
-        kwargs: dict[str, Any] = {}
         fresh = builder(weights=None)
         head = _head_key(fresh, state)
-        if head is not None:
-            kwargs["num_classes"] = int(state[head].shape[0])
-            fresh = builder(weights=None, **kwargs)
-            if kwargs["num_classes"] != len(categories or []):
+        if head is not None and state[head].shape[0] != fresh.get_parameter(head).shape[0]:
+            num_classes = int(state[head].shape[0])
+            fresh = builder(weights=None, num_classes=num_classes)
+            if num_classes != len(categories or []):
                 categories = None
         _load_into(fresh, _densenet_rename(state), str(weights))
         model = fresh
@@ -416,11 +442,11 @@ def _densenet_rename(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torc
     for key, value in state.items():
         match = pattern.match(key)
         out[match.group(1) + match.group(2) if match else key] = value
-    return out
+    return _copy_state(out, getattr(state, "_metadata", None))
 
 
 def _head_key(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """The weight key of the model's last Linear (or 1x1 conv) classifier, if the file has it too."""
+    """The weight key of the model's last Linear layer (its classifier), if the file has it too."""
     last: str | None = None
     for mod_name, module in model.named_modules():
         if isinstance(module, nn.Linear):

@@ -234,9 +234,8 @@ def load_lite0_weights(model: EfficientNetLite, path: str | Path | None = None) 
     source = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(source, Mapping):
         raise ValueError(f"{path} does not hold a state dict (found {type(source).__name__})")
-    if all(k in model.state_dict() for k in source):
-        mapped = OrderedDict(source)  # already in our naming
-    else:
-        mapped = map_state_dict_in_order(source, model.state_dict())
+    target = model.state_dict()
+    same_names = set(source) == set(target)  # already in our naming, else EfficientNet-PyTorch's
+    mapped = OrderedDict(source) if same_names else map_state_dict_in_order(source, target)
     model.load_state_dict(mapped, strict=True)
     return model

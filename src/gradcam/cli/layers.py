@@ -1,0 +1,43 @@
+"""``gradcam layers MODEL``: the candidate layers, their output shapes and the automatic choice."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..capture import model_guard
+from ..layers import choose_layer, probe_layers
+from ._common import load_or_exit
+
+COMMAND = "layers"
+HELP = "list a model's candidate Grad-CAM layers with their output shapes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default="efficientnet_lite0", help="model spec (see `gradcam models`)")
+    parser.add_argument("--weights", help="weights file")
+    parser.add_argument("--labels", help=argparse.SUPPRESS)
+    parser.add_argument("--all", action="store_true", help="list every module, not only the candidates")
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_or_exit(argparse.Namespace(model=args.model, weights=args.weights, labels=args.labels))
+    size = loaded.preprocess.input_size
+    with model_guard(loaded.model):
+        infos = probe_layers(loaded.model, torch.zeros(1, 3, size, size))
+    auto = choose_layer(infos, loaded.model)
+    seen = set()
+    print(f"{loaded.name}: output shapes for a 1x3x{size}x{size} input, in the order modules finish")
+    for info in infos:
+        if info.name in seen or not (args.all or info.candidate):
+            continue
+        seen.add(info.name)
+        marks = []
+        if info.name == auto:
+            marks.append("<- automatic choice")
+        if info.name == loaded.default_layer:
+            marks.append("<- model default")
+        shape = "x".join(str(d) for d in info.shape)
+        print(f"  {info.name:<40} {info.kind:<24} {shape:<18} {' '.join(marks)}")
+    return 0

@@ -1,0 +1,215 @@
+"""End-to-end runs of `gradcam explain` on the bundled photos, a two-object composite and bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradcam.assets import sample_annotations, sample_path
+from gradcam.cli import main
+
+FAST = ["--quiet", "--workers", "0"]
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def samples_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    code = main(["explain", "--samples", "--out", str(out), "--method", "gradcam", *FAST])
+    return code, out, json.loads((out / "manifest.json").read_text())
+
+
+def peak(path: str) -> tuple[int, int]:
+    heatmap = np.load(path)
+    y, x = np.unravel_index(heatmap.argmax(), heatmap.shape)
+    return int(x), int(y)
+
+
+def inside(point, box) -> bool:
+    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+
+
+def test_samples_top1_is_correct_and_the_peak_is_in_the_box(samples_run):
+    code, _out, manifest = samples_run
+    assert code == 0
+    assert manifest["model"] == "efficientnet_lite0" and manifest["layer"] == "bn2"
+    annotations = sample_annotations()
+    assert len(manifest["items"]) == len(annotations)
+    for item in manifest["items"]:
+        truth = annotations[Path(item["input"]).name]
+        assert item["predictions"][0]["index"] in truth["accepted_indices"], item["input"]
+        assert item["predictions"][0]["probability"] > 0.3
+        (output,) = item["outputs"]
+        assert output["method"] == "gradcam" and output["target"] == item["predictions"][0]["index"]
+        heatmap = np.load(output["heatmap"])
+        width, height = truth["size"]
+        assert heatmap.shape == (height, width) and heatmap.dtype == np.float32
+        assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+        assert Image.open(output["overlay"]).size == (width, height)
+        x0, y0, x1, y1 = truth["box"]
+        if Path(item["input"]).name == "rocket.jpg":
+            # The 29 px wide rocket is narrower than one cell of the 7x7 map, and 'missile' also lights
+            # the left lightning tower: the map must still be far denser on the rocket than elsewhere.
+            inside_mean = heatmap[y0:y1, x0:x1].mean()
+            outside = np.ones_like(heatmap, dtype=bool)
+            outside[y0:y1, x0:x1] = False
+            assert inside_mean > 2.0 * heatmap[outside].mean()
+        else:
+            assert inside(peak(output["heatmap"]), truth["box"]), item["input"]
+
+
+def make_composite(path: Path) -> tuple[int, int]:
+    """Cat on the left half, espresso on the right half of a gray square (the centre crop keeps both)."""
+    tile = 224
+    canvas = Image.new("RGB", (2 * tile, 2 * tile), (128, 128, 128))
+    for i, name in enumerate(["chelsea_cat", "coffee"]):
+        image = Image.open(sample_path(name)).convert("RGB")
+        scale = tile / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+        canvas.paste(image, (i * tile + (tile - image.width) // 2, tile // 2 + (tile - image.height) // 2))
+    canvas.save(path)
+    return tile, 2 * tile
+
+
+def test_maps_are_class_discriminative_on_a_composite(tmp_path, capsys):
+    half, width = make_composite(tmp_path / "cat_and_coffee.png")
+    args = ["explain", tmp_path / "cat_and_coffee.png", "--out", tmp_path / "out", *FAST]
+    args += ["--target", "tiger cat", "--target", "espresso", "--method", "gradcam", "--method", "counterfactual"]
+    code, _, _ = run(args, capsys)
+    assert code == 0
+    (item,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["items"]
+    maps = {(o["method"], o["target"]): o["heatmap"] for o in item["outputs"]}
+    assert set(maps) == {("gradcam", 282), ("gradcam", 967), ("counterfactual", 282), ("counterfactual", 967)}
+    cat_x, _ = peak(maps["gradcam", 282])
+    coffee_x, _ = peak(maps["gradcam", 967])
+    assert cat_x < half <= coffee_x
+    for cls, own in ((282, slice(0, half)), (967, slice(half, width))):
+        heat, against = np.load(maps["gradcam", cls]), np.load(maps["counterfactual", cls])
+        own_share = heat[:, own].sum() / heat.sum()
+        assert own_share > 0.8, (cls, own_share)
+        assert against[:, own].sum() / against.sum() < 0.2, cls  # counterfactual evidence lies elsewhere
+
+
+def _write_odd_images(folder: Path) -> dict[str, tuple[int, int]]:
+    """Valid images in awkward formats, with the original size each overlay must have."""
+    folder.mkdir()
+    rgb = Image.open(sample_path("coffee")).convert("RGB").resize((160, 100))
+    rgb.convert("L").save(folder / "gray.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    sixteen = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(folder / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    rgb.save(folder / "rotated.jpg", exif=exif)
+    return {"gray.png": (160, 100), "rgba.png": (160, 100), "palette.png": (160, 100),
+            "sixteen.png": (160, 100), "rotated.jpg": (100, 160)}  # fmt: skip
+
+
+def test_bad_files_are_reported_and_skipped_odd_formats_work(tmp_path, capsys):
+    sizes = _write_odd_images(tmp_path / "in")
+    data = io.BytesIO()
+    Image.open(sample_path("coffee")).save(data, format="JPEG")
+    (tmp_path / "in" / "truncated.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    (tmp_path / "in" / "notes.jpg").write_text("not an image")
+    code, out, err = run(["explain", tmp_path / "in", "--out", tmp_path / "out", "--method", "gradcam", *FAST], capsys)
+    assert code == 1  # something failed
+    assert "skipped: cannot read image" in err and "truncated.jpg" in err and "notes.jpg" in err
+    assert "5 explained, 0 already done, 2 failed" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(Path(f["input"]).name for f in manifest["failed"]) == ["notes.jpg", "truncated.jpg"]
+    for item in manifest["items"]:
+        name = Path(item["input"]).name
+        assert Image.open(item["outputs"][0]["overlay"]).size == sizes[name], name
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+
+
+def test_rerun_resumes_and_overwrite_redoes(tmp_path, capsys):
+    shutil.copy(sample_path("coffee"), tmp_path / "coffee.jpg")
+    shutil.copy(sample_path("cameraman"), tmp_path / "cameraman.jpg")
+    args = ["explain", tmp_path / "coffee.jpg", "--out", tmp_path / "out", "--method", "gradcam", *FAST]
+    assert run(args, capsys)[0] == 0
+    overlay = tmp_path / "out" / "coffee_jpg" / "gradcam_967_espresso.png"
+    stamp = overlay.stat().st_mtime_ns
+    args[1:2] = [tmp_path / "coffee.jpg", tmp_path / "cameraman.jpg"]
+    code, out, _ = run(args, capsys)
+    assert code == 0 and "1 explained, 1 already done, 0 failed" in out
+    assert overlay.stat().st_mtime_ns == stamp
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [Path(i["input"]).name for i in manifest["items"]] == ["cameraman.jpg", "coffee.jpg"]
+    code, out, _ = run([*args, "--overwrite"], capsys)
+    assert "2 explained, 0 already done" in out and overlay.stat().st_mtime_ns != stamp
+    code, out, _ = run([*args, "--top-k", "2"], capsys)  # other settings: redone, not reused
+    assert "2 explained, 0 already done" in out
+
+
+def test_top_k_gives_maps_for_the_k_best_classes(tmp_path, capsys):
+    args = ["explain", sample_path("chelsea_cat"), "--out", tmp_path, "--top-k", "3", "--method", "gradcam", *FAST]
+    assert run(args, capsys)[0] == 0
+    (item,) = json.loads((tmp_path / "manifest.json").read_text())["items"]
+    assert [o["target"] for o in item["outputs"]] == [p["index"] for p in item["predictions"][:3]]
+
+
+def test_panel_has_the_papers_five_tiles(tmp_path, capsys):
+    assert run(["explain", sample_path("coffee"), "--out", tmp_path, *FAST], capsys)[0] == 0
+    (item,) = json.loads((tmp_path / "manifest.json").read_text())["items"]
+    assert [o["method"] for o in item["outputs"]] == ["gradcam", "guided-backprop", "guided-gradcam", "counterfactual"]
+    panel = Image.open(item["outputs"][0]["panel"])
+    tile = Image.open(item["outputs"][0]["overlay"])
+    assert panel.width > 5 * tile.width * panel.height / tile.height * 0.8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--alpha", "2"], "--alpha must be in [0, 1]; got 2.0"),
+        (["--target", "kitty"], "--target 'kitty': unknown class 'kitty'"),
+        (["--layer", "blocks.99"], "layer 'blocks.99' not found in EfficientNetLite; close matches:"),
+        (["--model", "torchvision:resnet50"], "Put the file resnet50-11ad3fa6.pth"),
+        (["--model", "nosuchmodel"], "unknown model spec 'nosuchmodel'"),
+    ],
+)
+def test_bad_arguments_give_clear_messages(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    code, _out, err = run(["explain", sample_path("coffee"), "--out", tmp_path / "out", *FAST, *args], capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_missing_path_is_an_error(tmp_path, capsys):
+    code, _, err = run(["explain", tmp_path / "absent.jpg", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "absent.jpg" in err
+
+
+def test_parallel_decoding_gives_the_same_maps(tmp_path, capsys):
+    for name in ("coffee", "cameraman", "chelsea_cat"):
+        shutil.copy(sample_path(name), tmp_path / f"{name}.jpg")
+    base = ["explain", tmp_path, "--method", "gradcam", "--quiet", "--batch-size", "2"]
+    assert run([*base, "--out", tmp_path / "serial", "--workers", "0"], capsys)[0] == 0
+    assert run([*base, "--out", tmp_path / "parallel", "--workers", "2"], capsys)[0] == 0
+    for npy in (tmp_path / "serial").rglob("*.npy"):
+        twin = tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")
+        np.testing.assert_allclose(np.load(npy), np.load(twin), atol=1e-5)
+
+
+def test_layers_and_models_commands(capsys):
+    code, out, _ = run(["layers"], capsys)
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.strip().startswith("bn2 "))
+    assert "1x1280x7x7" in line and "automatic choice" in line
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and out.startswith("efficientnet_lite0") and " yes " in out.splitlines()[0]
