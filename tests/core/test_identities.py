@@ -33,7 +33,7 @@ def test_cam_rejects_a_head_that_is_not_gap_linear(hand_net, gap_net):
     with pytest.raises(gradcam.MethodError, match="'head' takes 8 features but the layer has 2 channels"):
         gradcam.CAM(hand_net, "features")(torch.randn(1, 1, 4, 4))
     gap_net.pool = torch.nn.AdaptiveMaxPool2d(1)  # max pooling: not CAM's head
-    with pytest.raises(gradcam.MethodError, match="global-average-pooling \\+ linear head on the layer's output"):
+    with pytest.raises(gradcam.MethodError, match="global-average-pooling \\+ linear head on the layer"):
         gradcam.CAM(gap_net, "act")(torch.randn(1, 3, 8, 8))
 
 
@@ -73,3 +73,34 @@ def test_guided_backprop_agrees_with_captum(arch):
     scale = theirs.abs().max()
     assert scale > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale.detach()))
+
+
+def test_all_classes_closed_form_equals_the_general_path(gap_net):
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 12, 12)
+    fast = gradcam.GradCAM(gap_net, "act").all_classes(x, to_input_size=True)
+    every = torch.arange(5).expand(3, -1)
+    general = gradcam.GradCAM(gap_net, "act")(x, every)
+    torch.testing.assert_close(fast.raw, general.raw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.heatmap, general.heatmap, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weights, general.weights, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fast.scores, gap_net(x).detach())
+    cam = gradcam.CAM(gap_net, "act").all_classes(x)
+    torch.testing.assert_close(cam.raw, fast.raw * 36, rtol=1e-5, atol=1e-5)
+
+
+def test_all_classes_closed_form_on_torchvision_resnet():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = gradcam.GradCAM(model, "layer4").all_classes(x)
+    picked = torch.tensor([[1, 500, 999], [0, 7, 123]])
+    general = gradcam.GradCAM(model, "layer4")(x, picked)
+    torch.testing.assert_close(fast.raw.gather(1, picked[..., None, None].expand(-1, -1, 2, 2)), general.raw,
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+
+
+def test_all_classes_refuses_a_head_that_rectifies_first(gap_net):
+    # On 'body' the head reads ReLU(A): dy/dA is not W / Z there, so the closed form does not apply.
+    with pytest.raises(gradcam.MethodError, match="global-average-pooling \\+ linear head"):
+        gradcam.GradCAM(gap_net, "body").all_classes(torch.randn(1, 3, 8, 8))

@@ -181,6 +181,20 @@ class LayerMethod(Explainer):
         features = context.activations if context.features is None else context.features
         return torch.relu(torch.einsum("bjc,bcuv->bjuv", weights, features))
 
+    def _forward(
+        self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None, record_graph: bool
+    ) -> tuple[str, torch.Tensor, Any]:
+        """One forward pass recording no graph before the layer: ``(layer name, captured A, output)``.
+
+        Call inside ``model_guard`` and ``torch.inference_mode(False)``.
+        """
+        name, layer = self._resolve(x, forward_kwargs)
+        with torch.no_grad(), capture_layer(layer, name, record_graph=record_graph) as capture:
+            output = run_model(self.model, x, forward_kwargs)
+        if capture.activations is None:
+            raise LayerError(f"layer '{name}' was not called during the forward pass")
+        return name, capture.activations, output
+
     def _rescorer(
         self,
         x: torch.Tensor,
@@ -239,15 +253,10 @@ class LayerMethod(Explainer):
         x = check_input(x, self.model)
         with model_guard(self.model, self.eval_mode), torch.inference_mode(False):
             x = usable_input(x)
-            name, layer = self._resolve(x, forward_kwargs)
-            with torch.no_grad(), capture_layer(layer, name, record_graph=self.needs_gradients) as capture:
-                output = run_model(self.model, x, forward_kwargs)
+            name, captured, output = self._forward(x, forward_kwargs, record_graph=self.needs_gradients)
             with torch.enable_grad():
                 resolved = resolve_target(target, output, x.shape[0], self.output)
             sign = -1.0 if counterfactual else 1.0
-            captured = capture.activations
-            if captured is None:
-                raise LayerError(f"layer '{name}' was not called during the forward pass")
             activations = self._as_grid(captured, name, x.shape[0])
             gradients = None
             if self.needs_gradients:

@@ -1,14 +1,19 @@
-"""CAM (Zhou et al., CVPR 2016), for networks with a global-average-pooling + linear head."""
+"""CAM (Zhou et al., CVPR 2016) and the closed-form maps of every class on GAP + linear heads."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..capture import model_guard
 from ..errors import MethodError, TargetError
+from ..explanation import Explanation
 from ..layers import resolve_layer
 from ..targets import OutputSelector, select_output
-from .base import LayerMethod, MapContext
+from .base import LayerMethod, MapContext, check_input, no_autocast, normalize, upsample, usable_input
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -17,6 +22,88 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     if not found:
         raise MethodError(f"CAM needs a linear classifier; {type(model).__name__} has no nn.Linear (pass fc=)")
     return found[-1]
+
+
+class GapLinearHead:
+    """A classifier ``y = mean_ij F @ W^T + b`` reading a layer's channels; verified, never assumed."""
+
+    def __init__(self, model: nn.Module, fc: nn.Module | str | None = None) -> None:
+        self.name, self.fc = last_linear(model) if fc is None else resolve_layer(model, fc)
+        if not isinstance(self.fc, nn.Linear):
+            raise MethodError(f"fc must be an nn.Linear; '{self.name}' is {type(self.fc).__name__}")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.fc.weight.detach().float()
+
+    def features(self, activations: torch.Tensor, logits: torch.Tensor, allow_relu: bool = True) -> torch.Tensor:
+        """``A`` (or ``ReLU(A)`` if ``allow_relu``), whichever the head reproduces the model's scores from.
+
+        Raises :class:`MethodError` when neither does: the head is not GAP + linear on this layer.
+        """
+        weight = self.weight
+        if weight.shape[1] != activations.shape[1]:
+            raise MethodError(
+                f"a GAP + linear head must read the layer's channels: '{self.name}' takes "
+                f"{weight.shape[1]} features but the layer has {activations.shape[1]} channels"
+            )
+        bias = self.fc.bias.detach().float() if self.fc.bias is not None else 0.0
+        logits = logits.detach().float()
+        tolerance = 1e-3 * (1.0 + logits.abs().max())
+        worst = None
+        candidates = (activations, torch.relu(activations)) if allow_relu else (activations,)
+        for features in candidates:
+            predicted = features.mean(dim=(-2, -1)) @ weight.T + bias
+            gap = (predicted - logits).abs().max()
+            if gap <= tolerance:
+                return features
+            worst = gap if worst is None else min(worst, gap)
+        rectified = " (or of ReLU(A))" if allow_relu else ""
+        raise MethodError(
+            f"this needs a global-average-pooling + linear head on the layer's output: the mean of A{rectified} "
+            f"@ {self.name}.weight^T + bias differs from the model's scores by up to {float(worst):.3g}; "
+            "use GradCAM with class targets for this model (or choose the last conv layer)"
+        )
+
+
+def all_class_maps(
+    method: LayerMethod,
+    head: GapLinearHead,
+    x: torch.Tensor,
+    *,
+    scale_by_area: bool,
+    allow_relu: bool,
+    to_input_size: bool,
+    forward_kwargs: Mapping[str, Any] | None,
+) -> Explanation:
+    """Maps of every class from one forward pass and no backward: ``L_c = ReLU(W_c · F / s)``.
+
+    ``s = u*v`` for Grad-CAM (``alpha = W / Z``), 1 for CAM. Heatmaps are normalised at the layer's
+    resolution unless ``to_input_size`` (C maps per image at the input size can be large).
+    """
+    x = check_input(x, method.model)
+    with model_guard(method.model, method.eval_mode), torch.inference_mode(False):
+        x = usable_input(x)
+        name, captured, output = method._forward(x, forward_kwargs, record_graph=False)
+        grid = method._as_grid(captured, name, x.shape[0])
+        with no_autocast(x):
+            logits = select_output(output, method.output).detach().float()
+            features = head.features(grid.float(), logits, allow_relu=allow_relu)
+            weights = head.weight / (features.shape[-2] * features.shape[-1] if scale_by_area else 1.0)
+            b, k, u, v = features.shape
+            raw = torch.relu(torch.matmul(weights, features.reshape(b, k, u * v))).reshape(b, -1, u, v)
+            heatmap = normalize(upsample(raw, tuple(x.shape[-2:])) if to_input_size else raw)
+    classes = torch.arange(weights.shape[0], device=x.device).expand(b, -1)
+    return Explanation(
+        heatmap=heatmap,
+        raw=raw,
+        scores=logits,
+        method=method.name,
+        weights=weights.expand(b, -1, -1),
+        classes=classes,
+        layer=name,
+        logits=logits,
+    )
 
 
 class CAM(LayerMethod):
@@ -42,38 +129,19 @@ class CAM(LayerMethod):
         reshape=None,
     ) -> None:
         super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
-        self.fc_name, self.fc = last_linear(model) if fc is None else resolve_layer(model, fc)
-        if not isinstance(self.fc, nn.Linear):
-            raise MethodError(f"fc must be an nn.Linear; '{self.fc_name}' is {type(self.fc).__name__}")
+        self.head = GapLinearHead(model, fc)
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
         if context.target.classes is None:
             raise TargetError("CAM explains class indices; a callable target needs a gradient method")
-        activations = context.activations
-        weight = self.fc.weight.detach().float()
-        if weight.shape[1] != activations.shape[1]:
-            raise MethodError(
-                f"CAM needs the classifier to read the layer's channels: '{self.fc_name}' takes "
-                f"{weight.shape[1]} features but the layer has {activations.shape[1]} channels"
-            )
-        context.features = self._head_features(activations, select_output(context.output, self.output))
-        return context.sign * weight[context.target.classes]
+        context.features = self.head.features(context.activations, select_output(context.output, self.output))
+        return context.sign * self.head.weight[context.target.classes]
 
-    def _head_features(self, activations: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """A or ReLU(A), whichever the GAP + linear head reproduces the model's scores from."""
-        bias = self.fc.bias.detach().float() if self.fc.bias is not None else 0.0
-        weight = self.fc.weight.detach().float()
-        logits = logits.detach().float()
-        tolerance = 1e-3 * (1.0 + logits.abs().max())
-        worst = None
-        for features in (activations, torch.relu(activations)):
-            predicted = features.mean(dim=(-2, -1)) @ weight.T + bias
-            gap = (predicted - logits).abs().max()
-            if gap <= tolerance:
-                return features
-            worst = gap if worst is None else min(worst, gap)
-        raise MethodError(
-            f"CAM needs a global-average-pooling + linear head on the layer's output: "
-            f"mean(A) @ {self.fc_name}.weight^T + bias differs from the model's scores by up to "
-            f"{float(worst):.3g}; use GradCAM for this model (or choose the last conv layer)"
-        )
+    def all_classes(
+        self, x: torch.Tensor, *, to_input_size: bool = False, forward_kwargs: Mapping[str, Any] | None = None
+    ) -> Explanation:
+        """CAM maps of every class from one forward pass: ``raw`` (B, C, u, v); see :func:`all_class_maps`."""
+        return all_class_maps(
+            self, self.head, x, scale_by_area=False, allow_relu=True, to_input_size=to_input_size,
+            forward_kwargs=forward_kwargs,
+        )  # fmt: skip

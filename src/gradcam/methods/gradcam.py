@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+from typing import Any
 
+import torch
+from torch import nn
+
+from ..explanation import Explanation
 from .base import LayerMethod, MapContext
+from .cam import GapLinearHead, all_class_maps
 
 
 class GradCAM(LayerMethod):
@@ -18,3 +24,23 @@ class GradCAM(LayerMethod):
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
         return context.gradients.mean(dim=(-2, -1))
+
+    def all_classes(
+        self,
+        x: torch.Tensor,
+        *,
+        fc: nn.Module | str | None = None,
+        to_input_size: bool = False,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> Explanation:
+        """Grad-CAM maps of every class at once, in closed form: no backward pass at all.
+
+        On a global-average-pooling + linear head ``y_c = 1/Z sum_ij W_c · A[:, i, j] + b_c``, so
+        ``dy_c/dA_k[i,j] = W_ck / Z`` and ``alpha = W / Z`` for every class. The head is verified
+        numerically (a :class:`~gradcam.MethodError` otherwise). ``raw`` is (B, C, u, v); heatmaps are
+        normalised at the layer's resolution unless ``to_input_size``.
+        """
+        return all_class_maps(
+            self, GapLinearHead(self.model, fc), x, scale_by_area=True, allow_relu=False,
+            to_input_size=to_input_size, forward_kwargs=forward_kwargs,
+        )  # fmt: skip
