@@ -10,8 +10,9 @@ Contenders (each produces a (B, H, W) map normalised to [0, 1], upsampling and n
 every contender's map is compared with ours (max abs difference printed; the run stops on a mismatch).
 Timings are medians over ``--rounds`` rounds after ``--warmup`` rounds; within a round the contenders
 run in a shuffled order, so machine noise hits all of them alike. Peak memory: on CUDA
-``max_memory_allocated`` in process; on CPU each contender runs once in a fresh subprocess and the peak
-RSS growth during a second call (after one warm-up call) over the loaded model and input is reported. Peers are benchmark-only dependencies:
+``max_memory_allocated`` in process; on CPU each contender runs in a fresh subprocess, and the peak RSS
+growth of a second call (after a warm-up call) over the loaded model and input is reported.
+Peers are benchmark-only dependencies:
 ``pip install -e ".[bench]"``.
 """
 
@@ -59,7 +60,6 @@ Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
 def contender(name: str, model: torch.nn.Module, layer_name: str) -> Runner:
     """A callable ``(x, classes (B, k)) -> maps (B, k, H, W)`` for one implementation."""
     layer = model.get_submodule(layer_name)
-    size = None
 
     if name == "forward":
 
@@ -70,6 +70,10 @@ def contender(name: str, model: torch.nn.Module, layer_name: str) -> Runner:
         return run
     if name == "gradcam":
         cam = gradcam.GradCAM(model, layer_name)
+        return lambda x, classes: cam(x, classes).heatmap
+    if name == "gradcam-compiled":
+        compiled = torch.compile(model)
+        cam = gradcam.GradCAM(compiled, "_orig_mod." + layer_name)
         return lambda x, classes: cam(x, classes).heatmap
     if name == "gradcam-all-classes":
         cam = gradcam.GradCAM(model, layer_name)
@@ -134,7 +138,13 @@ def agreement(runners: dict[str, Runner], x: torch.Tensor, classes: torch.Tensor
     ours = runners["gradcam"](x, classes).float()
     result = {}
     for name, run in runners.items():
-        if name in ("forward", "gradcam", "gradcam-all-classes"):
+        if name in ("forward", "gradcam"):
+            continue
+        if name == "gradcam-all-classes":
+            maps = run(x, classes).float()
+            picked = maps.gather(1, classes[..., None, None].expand(-1, -1, *maps.shape[-2:]))
+            maps = upsampled(picked, x.shape[-2:])
+            result[name] = float((maps - ours).abs().max())
             continue
         maps = run(x, classes).float().reshape(ours.shape)
         result[name] = float((maps - ours).abs().max())
@@ -196,6 +206,12 @@ def bench_model(model_name: str, names: list[str], args: argparse.Namespace, dev
         if k > 1:
             runners.pop("gradcam-all-classes", None)
         with autocast:
+            for name in list(runners):
+                try:
+                    timed(runners[name], x, classes)  # first call: compilation, lazy init
+                except Exception as error:  # a contender that cannot run here is reported, not fatal
+                    print(f"{name} on {model_name}: failed: {type(error).__name__}: {str(error)[:200]}")
+                    runners.pop(name)
             diffs = agreement(runners, x, classes) if not args.amp else {}
             for name, diff in diffs.items():
                 if diff > args.tolerance:
@@ -263,9 +279,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     random.seed(0)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"torch {torch.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads")
+        f"torch {torch.__version__}, device {device} ({where})"
         + f", batch {args.batch}, {args.size}x{args.size}, amp={args.amp}, channels_last={args.channels_last}",
         flush=True,
     )

@@ -12,34 +12,56 @@ from __future__ import annotations
 
 from .errors import GradCAMError, InputError, LayerError, MethodError, TargetError
 from .explanation import Explanation
-from .targets import TopK
 from .methods import (
     CAM,
     METHODS,
+    AblationCAM,
+    EigenCAM,
     Explainer,
     GradCAM,
+    GradCAMPlusPlus,
     GuidedBackprop,
     GuidedGradCAM,
+    HiResCAM,
+    InputGradient,
+    IntegratedGradients,
+    LayerCAM,
+    MultiLayerCAM,
+    ScoreCAM,
+    SmoothGrad,
+    XGradCAM,
     available_methods,
     create_explainer,
 )
+from .targets import TopK
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
     "METHODS",
+    "AblationCAM",
+    "EigenCAM",
     "Explainer",
     "Explanation",
     "GradCAM",
     "GradCAMError",
+    "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "HiResCAM",
     "InputError",
+    "InputGradient",
+    "IntegratedGradients",
+    "LayerCAM",
     "LayerError",
     "MethodError",
+    "MultiLayerCAM",
+    "ScoreCAM",
+    "SmoothGrad",
     "TargetError",
     "TopK",
+    "XGradCAM",
     "__version__",
     "available_methods",
     "create_explainer",

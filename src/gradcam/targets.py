@@ -90,13 +90,20 @@ class ResolvedTarget:
     logits: torch.Tensor | None = None
 
 
-def class_indices(target: Target, batch_size: int, device: torch.device) -> torch.Tensor | None:
-    """Validate a class-index target and return it as a (B, k) long tensor (None for top-1)."""
+def class_indices(
+    target: Target, batch_size: int, device: torch.device, num_classes: int | None = None
+) -> torch.Tensor | None:
+    """Validate a class-index target and return it as a (B, k) long tensor on ``device`` (None for top-1).
+
+    The range check against ``num_classes`` runs before the move to ``device``, so targets given on the
+    CPU cost no device synchronisation.
+    """
     if target is None:
         return None
     if isinstance(target, bool):
         raise TargetError("target must be a class index, a sequence of B indices, a (B, k) tensor or a callable")
     if isinstance(target, int):
+        _check_range(torch.tensor([target]), num_classes)
         return torch.full((batch_size, 1), target, dtype=torch.long, device=device)
     try:
         indices = torch.as_tensor(target)
@@ -108,6 +115,7 @@ def class_indices(target: Target, batch_size: int, device: torch.device) -> torc
     if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
         raise TargetError(f"target class indices must be integers; got dtype {indices.dtype}")
     if indices.dim() == 0:
+        _check_range(indices.reshape(1), num_classes)
         return torch.full((batch_size, 1), int(indices), dtype=torch.long, device=device)
     if indices.dim() > 2:
         raise TargetError(f"target must be 1-D (B,) or 2-D (B, k); got shape {tuple(indices.shape)}")
@@ -118,7 +126,19 @@ def class_indices(target: Target, batch_size: int, device: torch.device) -> torc
         )
     if indices.dim() == 2 and indices.shape[1] == 0:
         raise TargetError("target is a (B, 0) tensor: ask for at least one class per image")
+    _check_range(indices, num_classes)
     return indices.to(device=device, dtype=torch.long).reshape(batch_size, -1)
+
+
+def _check_range(indices: torch.Tensor, num_classes: int | None) -> None:
+    if num_classes is None:
+        return
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        raise TargetError(
+            f"target class {int(indices[bad][0])} is out of range for {num_classes} classes "
+            f"(valid: 0..{num_classes - 1})"
+        )
 
 
 def resolve_target(
@@ -147,14 +167,8 @@ def resolve_target(
             raise TargetError(f"TopK({target.k}) asks for more classes than the model's {num_classes}")
         indices, multi = logits.detach().topk(target.k, dim=1).indices, True
     else:
-        indices = class_indices(target, batch_size, logits.device)
+        indices = class_indices(target, batch_size, logits.device, num_classes)
         multi = indices is not None and isinstance(target, torch.Tensor) and target.dim() == 2
     if indices is None:
         indices = logits.detach().argmax(dim=1, keepdim=True)
-    bad = (indices < 0) | (indices >= num_classes)
-    if bool(bad.any()):
-        raise TargetError(
-            f"target class {int(indices[bad][0])} is out of range for {num_classes} classes "
-            f"(valid: 0..{num_classes - 1})"
-        )
     return ResolvedTarget(logits.gather(1, indices), indices, multi, logits.detach())

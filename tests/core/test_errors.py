@@ -99,5 +99,5 @@ def test_callable_target_of_wrong_shape(gap_net):
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match=r"unknown method 'gradcam\+\+'; available: gradcam, counterfactual"):
-        gradcam.create_explainer("gradcam++", nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match=r"unknown method 'grad-cam'; available: gradcam, counterfactual"):
+        gradcam.create_explainer("grad-cam", nn.Conv2d(1, 1, 1))

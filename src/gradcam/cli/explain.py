@@ -11,6 +11,7 @@ from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
 from ..imaging.io import find_images
 from ..jobs import ExplainSettings, explain_files
+from ..jobs.explain import distributed_rank
 from ..methods import METHODS
 from ._common import add_model_arguments, load_or_exit, parse_targets, resolve_device
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gradcam-out", metavar="DIR", help="output folder (default gradcam-out)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: up to 4)")
+    parser.add_argument(
+        "--writers", type=int, default=2, help="processes drawing and writing outputs (default 2; 0 = a thread)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
@@ -93,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=device,
             workers=workers,
+            writers=args.writers,
             overwrite=args.overwrite,
             progress=not args.quiet and sys.stderr.isatty(),
             report=report,
         )
     except (GradCAMError, ValueError) as error:
         return _fail(str(error))
+    if distributed_rank()[0] != 0:  # under torchrun, rank 0 reports for everyone
+        return 1 if summary.failed else 0
     print(
         f"{summary.done} explained, {summary.skipped} already done, {summary.failed} failed "
         f"in {summary.seconds:.1f} s; model {loaded.name}, layer {summary.layer}"

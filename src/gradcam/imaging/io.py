@@ -223,9 +223,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return _write_atomic(path, lambda file: file.write(data))
 
 
-def save_png_atomic(path: str | os.PathLike[str], image: Image.Image) -> Path:
-    """Atomically save a PIL image as PNG at ``path``."""
-    return _write_atomic(path, lambda file: image.save(file, format="PNG"))
+def save_png_atomic(path: str | os.PathLike[str], image: Image.Image, compress_level: int = 1) -> Path:
+    """Atomically save a PIL image as PNG at ``path``.
+
+    ``compress_level`` 1 (zlib's fastest) is the default: on photographic overlays it encodes several
+    times faster than PIL's default 6 for files about a fifth larger; the pixels are identical.
+    """
+    return _write_atomic(path, lambda file: image.save(file, format="PNG", compress_level=compress_level))
 
 
 def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,48 +193,73 @@ class _Explainers:
 def _write_item(
     item_dir: Path,
     original: Image.Image,
-    geometry: Geometry,
-    b: int,
-    results: dict[str, Explanation],
-    classes: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    classes: list[int],
+    scores: dict[str, list[float]],
     labels: Sequence[str] | None,
     settings: ExplainSettings,
 ) -> list[dict[str, Any]]:
+    """Draw and write one image's outputs; ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
     outputs = []
     tile_height = min(original.height, PANEL_TILE_HEIGHT)
-    for j, class_index in enumerate(classes[b].tolist()):
+    for j, class_index in enumerate(classes):
         label = class_name(class_index, labels)
         tiles, titles = [original], ["Original"]
-        for name, explanation in results.items():
-            map_ = explanation.heatmap[b, j]
-            on_original = geometry.to_original(map_.float())
+        for name, method_maps in maps.items():
+            on_original = method_maps[j]
             stem = f"{name}_{class_index}_{_slug(label)}"
             if on_original.dim() == 3:
-                picture = draw.gradient_image(on_original.cpu())
+                picture = draw.gradient_image(on_original)
             else:
-                picture = draw.overlay(original, on_original.cpu().numpy(), settings.alpha, settings.colormap)
+                picture = draw.overlay(original, on_original.numpy(), settings.alpha, settings.colormap)
             overlay_path = save_png_atomic(item_dir / f"{stem}.png", picture)
-            heatmap_path = save_npy_atomic(
-                item_dir / f"{stem}.npy", _saliency_2d(on_original).cpu().numpy().astype(np.float32)
-            )
+            heatmap_path = save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy())
             tiles.append(picture)
-            titles.append(TITLES.get(name, name))
+            titles.append(f"{TITLES.get(name, name)}: {label}")
             outputs.append(
                 {
                     "method": name,
                     "target": class_index,
                     "label": label,
-                    "score": float(explanation.scores[b, j]),
+                    "score": scores[name][j],
                     "overlay": str(overlay_path),
                     "heatmap": str(heatmap_path),
                 }
             )
-        panel_path = item_dir / f"panel_{class_index}_{_slug(label)}.png"
-        titles = [titles[0]] + [f"{t}: {label}" for t in titles[1:]]
-        save_png_atomic(panel_path, draw.panel(tiles, titles, tile_height=tile_height))
-        for output in outputs[-len(results) :]:
+        panel_path = save_png_atomic(
+            item_dir / f"panel_{class_index}_{_slug(label)}.png", draw.panel(tiles, titles, tile_height=tile_height)
+        )
+        for output in outputs[-len(maps) :]:
             output["panel"] = str(panel_path)
     return outputs
+
+
+def _finish_item(
+    item_dir: Path, record: dict[str, Any], original: Image.Image, maps: dict[str, torch.Tensor],
+    scores: dict[str, list[float]], labels: Sequence[str] | None, settings: ExplainSettings,
+) -> dict[str, Any]:  # fmt: skip
+    """Writer-thread task: every output file, then ``item.json`` last (the item is done once it exists)."""
+    record["outputs"] = _write_item(item_dir, original, maps, record["classes"], scores, labels, settings)
+    write_json_atomic(item_dir / "item.json", record)
+    return record
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world size)`` under ``torchrun`` / ``torch.distributed``; ``(0, 1)`` otherwise.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here if needed: NCCL when
+    CUDA is available, gloo otherwise.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def explain_files(
@@ -244,21 +271,28 @@ def explain_files(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    writers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
     report: Callable[[str, bool], None] | None = None,
 ) -> JobSummary:
-    """Explain every file in ``paths`` and write the outputs under ``out_dir`` (see module docstring)."""
+    """Explain every file in ``paths`` and write the outputs under ``out_dir`` (see module docstring).
+
+    Decoding runs in ``workers`` DataLoader processes and drawing/encoding in ``writers`` processes
+    (0: one thread), so both overlap the model. Under ``torchrun`` each rank takes a disjoint shard
+    (``pending[rank::world]``) and rank 0 writes the merged manifest.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     device = torch.device(device)
+    rank, world = distributed_rank()
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     report = report or (lambda line, is_error: None)
     summary = JobSummary()
     root = common_root(paths) if paths else Path(".")
     loaded.model.to(device)
     explainers = _Explainers(loaded, settings)
-    manifest_path = out_dir / "manifest.json"
-    key = None
     pending: list[Path] = []
     records: dict[str, dict[str, Any]] = {}
     for path in paths:
@@ -273,20 +307,34 @@ def explain_files(
                 summary.skipped += 1
                 continue
         pending.append(path)
+    shard = pending[rank::world]
 
     loader = DataLoader(
-        ImageFiles(pending, loaded.preprocess),
+        ImageFiles(shard, loaded.preprocess),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
     )
-    bar = _progress(len(pending), progress)
+    bar = _progress(len(shard), progress and rank == 0)
+    in_flight: list[tuple[Path, Future]] = []
+
+    def drain(keep: int) -> None:
+        while len(in_flight) > keep:
+            path, future = in_flight.pop(0)
+            record = future.result()
+            records[str(path)] = record
+            summary.done += 1
+            shown = ", ".join(f"{p['index']} {p['label']} {p['probability']:.3f}" for p in record["predictions"][:3])
+            report(f"{path}: {shown}", False)
+            bar.update(1)
+
+    pool = _writer_pool(writers)
     try:
         for batch in loader:
             for index, error in batch["failures"]:
                 summary.failed += 1
-                summary.failures.append({"input": str(pending[index]), "error": error})
+                summary.failures.append({"input": str(shard[index]), "error": error})
                 report(f"skipped: {error}", True)
             bar.update(len(batch["failures"]))
             if batch["x"] is None:
@@ -296,45 +344,78 @@ def explain_files(
             key = settings.key(loaded.name, explainers.layer)
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(min(settings.show_top, probabilities.shape[1]), dim=1)
+            top_values, top_indices, class_lists = top.values.tolist(), top.indices.tolist(), classes.tolist()
+            scores = {name: e.scores.tolist() for name, e in results.items()}
             for b, index in enumerate(batch["indices"]):
-                path = pending[index]
-                item_dir = out_dir / output_folder(path, root)
+                path = shard[index]
+                geometry: Geometry = batch["geometries"][b]
+                maps = {name: geometry.to_original(e.heatmap[b].float()).cpu() for name, e in results.items()}
                 original = Image.fromarray(batch["originals"][b].numpy())
-                predictions = [
-                    {"index": int(i), "label": class_name(int(i), loaded.labels), "probability": float(p)}
-                    for p, i in zip(top.values[b].tolist(), top.indices[b].tolist())
-                ]
-                outputs = _write_item(
-                    item_dir, original, batch["geometries"][b], b, results, classes, loaded.labels, settings
-                )
                 record = {
                     "input": str(path),
                     "size": [original.width, original.height],
-                    "predictions": predictions,
-                    "outputs": outputs,
+                    "predictions": [
+                        {"index": i, "label": class_name(i, loaded.labels), "probability": p}
+                        for p, i in zip(top_values[b], top_indices[b])
+                    ],
+                    "classes": class_lists[b],
                     "layer": explainers.layer,
                     "settings": key,
                 }
-                write_json_atomic(item_dir / "item.json", record)
-                records[str(path)] = record
-                summary.done += 1
-                shown = ", ".join(f"{p['index']} {p['label']} {p['probability']:.3f}" for p in predictions[:3])
-                report(f"{path}: {shown}", False)
-                bar.update(1)
+                item_scores = {name: values[b] for name, values in scores.items()}
+                future = pool.submit(
+                    _finish_item, out_dir / output_folder(path, root), record, original, maps, item_scores,
+                    loaded.labels, settings,
+                )  # fmt: skip
+                in_flight.append((path, future))
+            drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind the model
+        drain(keep=0)
     finally:
+        pool.shutdown(wait=True)
         bar.close()
+    layer = explainers.layer or next((r.get("layer") for r in records.values()), None)
+    if world > 1:
+        summary = _merge_ranks(summary, records)
     summary.items = [records[str(p)] for p in paths if str(p) in records]
-    summary.layer = explainers.layer or next((r.get("layer") for r in summary.items), None)
-    manifest = {
-        "model": loaded.name,
-        "layer": summary.layer,
-        "methods": list(settings.methods),
-        "items": summary.items,
-        "failed": summary.failures,
-    }
-    write_json_atomic(manifest_path, manifest)
+    summary.layer = layer
+    if rank == 0:
+        manifest = {
+            "model": loaded.name,
+            "layer": summary.layer,
+            "methods": list(settings.methods),
+            "items": summary.items,
+            "failed": summary.failures,
+        }
+        write_json_atomic(out_dir / "manifest.json", manifest)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _merge_ranks(summary: JobSummary, records: dict[str, dict[str, Any]]) -> JobSummary:
+    """Gather every rank's records and counts (all ranks end with the union)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (records, summary.done, summary.failed, summary.failures))
+    merged = JobSummary(skipped=summary.skipped)
+    for rank_records, done, failed, failures in gathered:
+        records.update(rank_records)
+        merged.done += done
+        merged.failed += failed
+        merged.failures += failures
+    return merged
+
+
+def _writer_pool(writers: int) -> Executor:
+    """Processes that draw, encode and write the outputs (PNG encoding holds the GIL for much of its
+    time, so threads do not scale); ``writers=0`` draws in one thread of this process."""
+    if writers <= 0:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-writer")
+    return ProcessPoolExecutor(max_workers=writers, mp_context=multiprocessing.get_context("fork"))
 
 
 def _progress(total: int, enabled: bool) -> Any:

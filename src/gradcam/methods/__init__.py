@@ -6,10 +6,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .ablationcam import AblationCAM
 from .base import Explainer, LayerMethod, MapContext
 from .cam import CAM
+from .eigencam import EigenCAM
+from .fusion import MultiLayerCAM
 from .gradcam import GradCAM
+from .gradcam_pp import GradCAMPlusPlus
 from .guided import GuidedBackprop, GuidedGradCAM
+from .hirescam import HiResCAM
+from .input_gradients import InputGradient, IntegratedGradients, SmoothGrad
+from .layercam import LayerCAM
+from .scorecam import ScoreCAM
+from .xgradcam import XGradCAM
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,21 @@ METHODS = MappingProxyType(
         "cam": MethodSpec(CAM, summary="CAM: alpha = classifier weights (GAP + linear heads)"),
         "guided-backprop": MethodSpec(GuidedBackprop, uses_layer=False, summary="Guided Backpropagation"),
         "guided-gradcam": MethodSpec(GuidedGradCAM, summary="Guided Backprop x upsampled Grad-CAM"),
+        "gradcam++": MethodSpec(GradCAMPlusPlus, summary="Grad-CAM++: alpha = sum_ij g^2/(2g^2 + sum A g^3) ReLU(g)"),
+        "hirescam": MethodSpec(HiResCAM, summary="HiResCAM: ReLU(sum_k g_k * A_k), element-wise"),
+        "xgradcam": MethodSpec(XGradCAM, summary="XGrad-CAM: alpha = sum_ij (A/sum A) g"),
+        "layercam": MethodSpec(LayerCAM, summary="LayerCAM: ReLU(sum_k ReLU(g_k) * A_k), sharp on early layers"),
+        "eigencam": MethodSpec(EigenCAM, summary="Eigen-CAM: first principal component of A (class-agnostic)"),
+        "scorecam": MethodSpec(ScoreCAM, summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"),
+        "ablationcam": MethodSpec(AblationCAM, summary="Ablation-CAM: alpha = (y - y with channel k zeroed) / y"),
+        "multilayer": MethodSpec(
+            MultiLayerCAM, summary="LayerCAM (or another method) on several layers, normalised maps averaged"
+        ),
+        "gradient": MethodSpec(InputGradient, uses_layer=False, summary="Input gradient dy/dx"),
+        "smoothgrad": MethodSpec(SmoothGrad, uses_layer=False, summary="SmoothGrad: dy/dx averaged over noisy x"),
+        "integrated-gradients": MethodSpec(
+            IntegratedGradients, uses_layer=False, summary="Integrated Gradients from a zero baseline"
+        ),
     }
 )
 
@@ -54,13 +78,24 @@ def create_explainer(name: str, model: Any, layer: Any = None, **options: Any) -
 __all__ = [
     "CAM",
     "METHODS",
+    "AblationCAM",
+    "EigenCAM",
     "Explainer",
     "GradCAM",
+    "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "HiResCAM",
+    "InputGradient",
+    "IntegratedGradients",
+    "LayerCAM",
     "LayerMethod",
     "MapContext",
     "MethodSpec",
+    "MultiLayerCAM",
+    "ScoreCAM",
+    "SmoothGrad",
+    "XGradCAM",
     "available_methods",
     "create_explainer",
 ]

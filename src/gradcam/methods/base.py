@@ -68,9 +68,15 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
             f"x has {x.shape[1]} channels but the model's first convolution '{conv[0]}' expects "
             f"{conv[1]}; x must be (B, {conv[1]}, H, W)"
         )
+    if x.device.type == "cpu":  # on an accelerator the check runs after the work is queued: no mid-call sync
+        require_finite(x)
+    return x
+
+
+def require_finite(x: torch.Tensor) -> None:
+    """Raise :class:`InputError` if ``x`` holds NaN or infinite values (a device sync on accelerators)."""
     if not bool(torch.isfinite(x).all()):
         raise InputError("x contains NaN or infinite values")
-    return x
 
 
 def usable_input(x: torch.Tensor) -> torch.Tensor:
@@ -276,6 +282,8 @@ class LayerMethod(Explainer):
                 weights = self.channel_weights(context)
                 raw = self.combine(weights, context)
                 heatmap = normalize(upsample(raw, tuple(x.shape[-2:])))
+        if x.device.type != "cpu":
+            require_finite(x)
         multi = resolved.multi
         return Explanation(
             heatmap=finish(heatmap, multi),
@@ -294,15 +302,19 @@ def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) 
     """``d scores[:, j] / dA`` for each of the k columns, stacked to (B, k, *A.shape[1:]).
 
     Images are independent in eval mode, so the gradient of the batch sum gives every image's own
-    gradient; the k columns take k backward passes through the (small) part after the layer.
+    gradient; the k columns share one vectorised backward pass (``is_grads_batched``) through the
+    (small) part of the network after the layer, with no retained graph.
     """
     if not scores.requires_grad:
         raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
-    k = scores.shape[1]
-    grads = []
-    for j in range(k):
-        (grad,) = torch.autograd.grad(scores[:, j].sum(), activations, retain_graph=j < k - 1, allow_unused=True)
-        if grad is None:
-            raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
-        grads.append(grad)
-    return torch.stack(grads, dim=1)
+    batch, k = scores.shape
+    if k == 1:
+        (grad,) = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+        grads = None if grad is None else grad.unsqueeze(1)
+    else:  # all k columns in ONE backward pass, vectorised over one-hot grad_outputs
+        one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device).unsqueeze(1).expand(k, batch, k)
+        (grad,) = torch.autograd.grad(scores, activations, one_hot, is_grads_batched=True, allow_unused=True)
+        grads = None if grad is None else grad.transpose(0, 1)
+    if grads is None:
+        raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
+    return grads

@@ -11,7 +11,7 @@ from torch import nn
 from ..capture import guided_relu_backward, model_guard
 from ..explanation import Explanation
 from ..targets import OutputSelector, Target, resolve_target
-from .base import Explainer, check_input, finish, run_model, usable_input
+from .base import Explainer, check_input, finish, require_finite, run_model, usable_input
 from .gradcam import GradCAM
 
 
@@ -50,6 +50,8 @@ class GuidedBackprop(Explainer):
             sign = -1.0 if counterfactual else 1.0
             with guided_relu_backward():
                 grads = input_gradients(sign * resolved.scores, inputs)
+        if x.device.type != "cpu":
+            require_finite(x)
         grads = finish(grads, resolved.multi)
         return Explanation(
             heatmap=grads,

@@ -1,0 +1,27 @@
+"""Running pytorch-grad-cam (the `grad-cam` package) as an independent reference: raw maps and weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pgc_raw_and_weights(
+    cls: type, model: nn.Module, layer: str, x: torch.Tensor, classes: list[int], weights: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """pytorch-grad-cam's map before its ReLU / resize / normalisation (B, u, v), and its channel weights.
+
+    Its own hooks and backward pass produce the activations and gradients; ``get_cam_image`` and
+    ``get_cam_weights`` are the method-specific parts.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    module = model.get_submodule(layer)
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    with cls(model=model, target_layers=[module]) as cam:
+        cam(input_tensor=x, targets=targets)
+        activations = cam.activations_and_grads.activations[0].numpy()
+        grads = cam.activations_and_grads.gradients[0].numpy()
+        raw = torch.from_numpy(cam.get_cam_image(x, module, targets, activations, grads, eigen_smooth=False))
+        found = torch.from_numpy(cam.get_cam_weights(x, module, targets, activations, grads)) if weights else None
+    return raw.float(), None if found is None else found.float()

@@ -1,0 +1,70 @@
+"""Multi-layer fusion: the automatic stages, the fused map against per-layer maps fused by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradcam
+from methods.cam_nets import scaled_resnet18
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / span.clamp_min(1e-30), 0)
+
+
+def test_automatic_layers_are_the_stage_outputs():
+    model = scaled_resnet18()
+    fused = gradcam.MultiLayerCAM(model)
+    fused(torch.randn(1, 3, 64, 64))
+    assert fused.layer_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_fused_map_equals_per_layer_maps_fused_by_hand(gap_net, reduce):
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 8, 8)
+    layers = ["body.2", "act"]  # 8x8 and 4x4
+    fused = gradcam.MultiLayerCAM(gap_net, layers, reduce=reduce)(x, [1, 3])
+    maps = []
+    for layer in layers:
+        raw = gradcam.LayerCAM(gap_net, layer)(x, [1, 3]).raw.unsqueeze(1)
+        up = F.interpolate(raw, size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+        maps.append(minmax(up))
+    expected = torch.stack(maps).mean(0) if reduce == "mean" else torch.stack(maps).amax(0)
+    assert expected.max() > 0
+    torch.testing.assert_close(fused.raw, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.heatmap, minmax(expected), rtol=1e-5, atol=1e-6)
+    assert fused.layer == "body.2+act" and fused.weights is None
+    assert fused.classes.tolist() == [1, 3]
+
+
+def test_one_layer_is_the_method_itself_and_other_methods_plug_in(gap_net):
+    x = torch.randn(2, 3, 8, 8)
+    single = gradcam.MultiLayerCAM(gap_net, "act")(x)
+    torch.testing.assert_close(single.heatmap, gradcam.LayerCAM(gap_net, "act")(x).heatmap)
+    for method in ("gradcam++", gradcam.XGradCAM):
+        fused = gradcam.MultiLayerCAM(gap_net, ["act"], method=method)(x, [0, 2])
+        reference = (gradcam.GradCAMPlusPlus if method == "gradcam++" else method)(gap_net, "act")(x, [0, 2])
+        torch.testing.assert_close(fused.heatmap, reference.heatmap)
+
+
+def test_top1_is_resolved_once_and_shared(gap_net):
+    torch.manual_seed(10)
+    x = torch.randn(3, 3, 8, 8)
+    fused = gradcam.MultiLayerCAM(gap_net, ["body.2", "act"])(x)
+    torch.testing.assert_close(fused.classes, gap_net(x).argmax(1))
+
+
+def test_bad_arguments_name_the_problem(gap_net):
+    with pytest.raises(gradcam.MethodError, match="method must be a layer method"):
+        gradcam.MultiLayerCAM(gap_net, ["act"], method="guided-backprop")
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        gradcam.MultiLayerCAM(gap_net, ["act"], reduce="median")
+    with pytest.raises(gradcam.LayerError, match="layers is empty"):
+        gradcam.MultiLayerCAM(gap_net, [])
+    with pytest.raises(gradcam.LayerError, match="not found"):
+        gradcam.MultiLayerCAM(gap_net, ["act", "nope"])

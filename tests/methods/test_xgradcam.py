@@ -1,0 +1,51 @@
+"""XGrad-CAM: weights by hand, the GAP-head identity, agreement with pytorch-grad-cam."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradcam
+from methods.cam_nets import GridNet, grid_input, scaled_resnet18
+from methods.pgc_reference import pgc_raw_and_weights
+
+
+def test_weights_and_map_by_hand():
+    # w0 = sum (A0 / 10) * G0 = (1*1 + 4*2) / 10 = 0.9;  w1 = sum (A1 / 2) * G1 = (1*1) / 2 = 0.5.
+    x = grid_input()
+    e = gradcam.XGradCAM(GridNet(), "features")(x, 0)
+    torch.testing.assert_close(e.weights, torch.tensor([[0.9, 0.5]]))
+    torch.testing.assert_close(e.raw, torch.relu(0.9 * x[:, 0] + 0.5 * x[:, 1]))
+
+
+def test_a_channel_that_sums_to_zero_gets_weight_zero():
+    x = grid_input()
+    x[:, 1] = 0.0
+    e = gradcam.XGradCAM(GridNet(), "features")(x, 0)
+    torch.testing.assert_close(e.weights, torch.tensor([[0.9, 0.0]]))
+
+
+def test_equals_gradcam_weights_on_a_gap_linear_head(gap_net):
+    # g_k = W_ck / Z everywhere, so sum_ij (A/sum A) g = W_ck / Z: Grad-CAM's alpha (where sum A > 0).
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 8, 8)
+    xgrad = gradcam.XGradCAM(gap_net, "act")(x, [1, 3])
+    grad = gradcam.GradCAM(gap_net, "act")(x, [1, 3])
+    alive = torch.relu(gap_net.body(x)).sum(dim=(-2, -1)) > 0
+    assert alive.any() and grad.weights.abs().sum() > 0
+    torch.testing.assert_close(xgrad.weights[alive], grad.weights[alive], rtol=1e-5, atol=1e-7)
+    assert (xgrad.weights[~alive] == 0).all()
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3.1"])
+def test_agrees_with_pytorch_grad_cam(layer):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    model = scaled_resnet18()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    ours = gradcam.XGradCAM(model, layer)(x, [3, 7])
+    raw, weights = pgc_raw_and_weights(pgc.XGradCAM, model, layer, x, [3, 7])
+    scale = float(weights.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(ours.weights, weights, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(ours.raw, torch.relu(raw), rtol=1e-5, atol=1e-5 * float(raw.abs().max()))
