@@ -220,3 +220,23 @@ def test_hf_swin_later_stage_tokens():
     assert auto_reshape(model, "swin.encoder.layers.0.blocks.0.layernorm_before", x) == TokenGrid("tokens", (8, 8), 0)
     e = gradcam.GradCAM(model, layer, reshape=auto_reshape(model, layer, x))(x, [0, 2])
     assert bool((e.raw.flatten(1).amax(1) > 0).all())
+
+
+def test_engine_reshape_auto_equals_the_explicit_token_grid():
+    """`reshape="auto"` in the engine picks the same TokenGrid as auto_reshape, with identical maps."""
+    import gradcam
+    from gradcam.reshape import auto_reshape
+
+    torch.manual_seed(0)
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    ).eval()
+    layer = "encoder.layers.encoder_layer_0.ln_1"
+    x = torch.randn(2, 3, 32, 32)
+    explicit = gradcam.GradCAM(model, layer, reshape=auto_reshape(model, layer, x))(x, [1, 3])
+    auto = gradcam.GradCAM(model, layer, reshape="auto")(x, [1, 3])
+    assert explicit.raw.shape == (2, 4, 4)
+    torch.testing.assert_close(auto.raw, explicit.raw)
+    with pytest.raises(gradcam.LayerError, match="reshape must be a callable, 'auto' or None; got 'tokens'"):
+        gradcam.GradCAM(model, layer, reshape="tokens")

@@ -156,6 +156,9 @@ class LayerMethod(Explainer):
     Subclasses implement :meth:`channel_weights` (and set ``needs_gradients``). ``layer`` is an
     ``nn.Module``, a dotted name (``"layer4.1"``) or None for the automatic choice: the last module
     whose output is a (B, K, u, v) map with u*v > 1 before pooling removes the spatial dims.
+    ``reshape`` maps a token layer's output to a grid: a callable (a pure re-indexing, also applied
+    to the gradients, e.g. :class:`gradcam.reshape.TokenGrid`), ``"auto"`` (inferred once from the
+    model and the first input by :func:`gradcam.reshape.auto_reshape`) or None.
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -167,10 +170,12 @@ class LayerMethod(Explainer):
         *,
         output: OutputSelector = None,
         eval_mode: bool = True,
-        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
     ) -> None:
         super().__init__(model, output=output, eval_mode=eval_mode)
         self._layer: tuple[str, nn.Module] | None = None if layer is None else resolve_layer(model, layer)
+        if isinstance(reshape, str) and reshape != "auto":
+            raise LayerError(f"reshape must be a callable, 'auto' or None; got {reshape!r}")
         self.reshape = reshape
 
     @property
@@ -207,24 +212,9 @@ class LayerMethod(Explainer):
         target: Target,
         resolved: ResolvedTarget,
         forward_kwargs: Mapping[str, Any] | None,
-    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    ) -> Callable[..., torch.Tensor]:
         """A function scoring N modified copies of image b for the same targets, without gradients."""
-
-        def rescore(inputs: torch.Tensor, b: int) -> torch.Tensor:
-            kwargs = {
-                key: value[b : b + 1].expand(inputs.shape[0], *value.shape[1:])
-                if isinstance(value, torch.Tensor) and value.shape[:1] == x.shape[:1]
-                else value
-                for key, value in (forward_kwargs or {}).items()
-            }
-            with torch.no_grad():
-                output = run_model(self.model, inputs, kwargs)
-                if resolved.classes is not None:
-                    classes = resolved.classes[b : b + 1].expand(inputs.shape[0], -1)
-                    return resolve_target(classes, output, inputs.shape[0], self.output).scores
-                return resolve_target(target, output, inputs.shape[0], self.output).scores
-
-        return rescore
+        return make_rescorer(self.model, x, target, resolved, forward_kwargs, self.output)
 
     def _as_grid(self, captured: torch.Tensor, name: str, batch: int) -> torch.Tensor:
         """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given)."""
@@ -238,14 +228,16 @@ class LayerMethod(Explainer):
         return grid
 
     def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
+        kwargs = kwargs_for_image(forward_kwargs, 0, x.shape[0], 1)
         if self._layer is None:
-            kwargs = {
-                key: value[:1] if isinstance(value, torch.Tensor) and value.shape[:1] == x.shape[:1] else value
-                for key, value in (forward_kwargs or {}).items()
-            }
             name = choose_layer(probe_layers(self.model, x[:1], kwargs), self.model)
             self._layer = resolve_layer(self.model, name)
             logger.info("gradcam: layer chosen automatically: %s", name)
+        if isinstance(self.reshape, str):
+            from ..reshape import auto_reshape
+
+            self.reshape = auto_reshape(self.model, self._layer[0], x[:1], kwargs)
+            logger.info("gradcam: reshape for layer %s: %s", self._layer[0], self.reshape)
         return self._layer
 
     def __call__(
@@ -296,6 +288,54 @@ class LayerMethod(Explainer):
             counterfactual=counterfactual,
             logits=resolved.logits,
         )
+
+
+def kwargs_for_image(forward_kwargs: Mapping[str, Any] | None, b: int, batch: int, rows: int) -> dict[str, Any]:
+    """``forward_kwargs`` for ``rows`` copies of image b: tensors with a leading batch axis are sliced
+    to row b and expanded; everything else is passed unchanged."""
+    return {
+        key: value[b : b + 1].expand(rows, *value.shape[1:])
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
+        else value
+        for key, value in (forward_kwargs or {}).items()
+    }
+
+
+def make_rescorer(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    resolved: ResolvedTarget,
+    forward_kwargs: Mapping[str, Any] | None,
+    selector: OutputSelector = None,
+    *,
+    probabilities: bool = False,
+) -> Callable[..., torch.Tensor]:
+    """``rescore(inputs, b, rows=None) -> (rows, k)``: image b's target scores for modified inputs.
+
+    ``inputs`` (N, C, H, W) are variants of image b; the output is expected to have ``rows`` rows
+    (default N). Class-index targets read the same classes as the explained call, as logits or,
+    with ``probabilities``, as ``softmax(logits)[c]`` over the model's classes. Callable targets are
+    applied to the new output; a target with per-image state (boxes, masks, references) provides
+    ``for_image(b, n)``, the same target for n copies of image b.
+    """
+    batch = x.shape[0]
+
+    def rescore(inputs: torch.Tensor, b: int, rows: int | None = None) -> torch.Tensor:
+        n = inputs.shape[0] if rows is None else rows
+        kwargs = kwargs_for_image(forward_kwargs, b, batch, inputs.shape[0])
+        with torch.no_grad():
+            output = run_model(model, inputs, kwargs)
+            if resolved.classes is None:
+                image_target = target.for_image(b, n) if hasattr(target, "for_image") else target
+                return resolve_target(image_target, output, n, selector).scores
+            classes = resolved.classes[b : b + 1].expand(n, -1)
+            scores = resolve_target(classes, output, n, selector)
+            if not probabilities:
+                return scores.scores
+            return torch.softmax(scores.logits.float(), dim=1).gather(1, classes)
+
+    return rescore
 
 
 def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) -> torch.Tensor:
