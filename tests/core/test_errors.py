@@ -101,3 +101,13 @@ def test_callable_target_of_wrong_shape(gap_net):
 def test_unknown_method():
     with pytest.raises(ValueError, match=r"unknown method 'grad-cam'; available: gradcam, counterfactual"):
         gradcam.create_explainer("grad-cam", nn.Conv2d(1, 1, 1))
+
+
+def test_torchscript_models_get_a_clear_error_for_layer_methods_and_work_for_guided(gap_net, tmp_path):
+    scripted = torch.jit.trace(gap_net, torch.randn(1, 3, 8, 8))
+    with pytest.raises(gradcam.LayerError, match="TorchScript modules do not run Python hooks; save the model with"):
+        gradcam.GradCAM(scripted)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(
+        gradcam.GuidedBackprop(scripted)(x, [1, 2]).heatmap, gradcam.GuidedBackprop(gap_net)(x, [1, 2]).heatmap
+    )

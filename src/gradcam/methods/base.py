@@ -173,6 +173,12 @@ class LayerMethod(Explainer):
         reshape: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
     ) -> None:
         super().__init__(model, output=output, eval_mode=eval_mode)
+        if isinstance(model, torch.jit.ScriptModule):
+            raise LayerError(
+                f"{type(self).__name__} needs the activations of a layer, and TorchScript modules do not run "
+                "Python hooks; save the model with torch.export (a .pt2 file keeps its layers) or use an "
+                "input-space method (guided-backprop, gradient, smoothgrad, integrated-gradients)"
+            )
         self._layer: tuple[str, nn.Module] | None = None if layer is None else resolve_layer(model, layer)
         if isinstance(reshape, str) and reshape != "auto":
             raise LayerError(f"reshape must be a callable, 'auto' or None; got {reshape!r}")
