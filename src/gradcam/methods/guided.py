@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -24,15 +25,16 @@ def input_gradients(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return torch.stack(grads, dim=1)
 
 
-class GuidedBackprop(Explainer):
-    """Guided Backpropagation: ``dy/dx`` where every ReLU's backward is ``max(g, 0) * [x > 0]``.
+class InputGradient(Explainer):
+    """The plain input gradient ``dy/dx`` (Simonyan et al., 2014, "Deep inside convolutional
+    networks"), signed, per channel, from one forward and backward pass; the paper's saliency map
+    is its absolute max over channels. ``counterfactual=True`` explains ``-y``."""
 
-    Only positive gradients pass, and only through positive inputs. ``heatmap`` and ``raw`` are the
-    input-space gradients (B, C, H, W). ``counterfactual=True`` explains ``-y``. Activations other
-    than ReLU / ReLU6 keep their ordinary derivative.
-    """
+    name = "gradient"
 
-    name = "guided-backprop"
+    def backward_rule(self) -> AbstractContextManager:
+        """A context changing how the backward pass treats some ops (none for the plain gradient)."""
+        return nullcontext()
 
     def __call__(
         self,
@@ -43,14 +45,13 @@ class GuidedBackprop(Explainer):
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> Explanation:
         x = check_input(x, self.model)
+        sign = -1.0 if counterfactual else 1.0
         with model_guard(self.model, self.eval_mode), torch.inference_mode(False), torch.enable_grad():
             inputs = usable_input(x).detach().requires_grad_(True)
-            output = run_model(self.model, inputs, forward_kwargs)
-            resolved = resolve_target(target, output, x.shape[0], self.output)
-            sign = -1.0 if counterfactual else 1.0
-            with guided_relu_backward():
-                grads = input_gradients(sign * resolved.scores, inputs)
-        if x.device.type != "cpu":
+            resolved = resolve_target(target, run_model(self.model, inputs, forward_kwargs), x.shape[0], self.output)
+            with self.backward_rule():
+                grads = input_gradients(sign * resolved.scores, inputs).detach()
+        if x.device.type != "cpu":  # checked after the work is queued: no mid-call sync
             require_finite(x)
         grads = finish(grads, resolved.multi)
         return Explanation(
@@ -62,6 +63,21 @@ class GuidedBackprop(Explainer):
             counterfactual=counterfactual,
             logits=resolved.logits,
         )
+
+
+class GuidedBackprop(InputGradient):
+    """Guided Backpropagation (Springenberg et al., 2015): the input gradient ``dy/dx`` where every
+    ReLU's backward is ``max(g, 0) * [x > 0]``.
+
+    Only positive gradients pass, and only through positive inputs. ``heatmap`` and ``raw`` are the
+    input-space gradients (B, C, H, W). ``counterfactual=True`` explains ``-y``. Activations other
+    than ReLU / ReLU6 keep their ordinary derivative.
+    """
+
+    name = "guided-backprop"
+
+    def backward_rule(self) -> AbstractContextManager:
+        return guided_relu_backward()
 
 
 class GuidedGradCAM(Explainer):

@@ -19,8 +19,10 @@ from ..explanation import Explanation
 from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
 from ._rescoring import kwargs_for_image
 from .base import Explainer, check_input, finish, require_finite, run_model, usable_input
-from .guided import input_gradients
+from .guided import InputGradient, input_gradients
 from .scorecam import check_batch_size
+
+__all__ = ["RULES", "InputGradient", "IntegratedGradients", "SmoothGrad", "gauss_legendre", "quadrature"]
 
 RULES = ("trapezoid", "left", "right", "middle", "gausslegendre")
 
@@ -127,40 +129,6 @@ class _InputSpaceMethod(Explainer):
 
     def _chunks(self, total: int):
         return [(s, min(s + self.batch_size, total)) for s in range(0, total, self.batch_size)]
-
-
-class InputGradient(Explainer):
-    """The plain input gradient ``dy/dx`` (Simonyan et al., 2014, "Deep inside convolutional
-    networks"), signed, per channel, from one forward and backward pass; the paper's saliency map
-    is its absolute max over channels. ``counterfactual=True`` explains ``-y``."""
-
-    name = "gradient"
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        target: Target = None,
-        *,
-        counterfactual: bool = False,
-        forward_kwargs: Mapping[str, Any] | None = None,
-    ) -> Explanation:
-        x = check_input(x, self.model)
-        sign = -1.0 if counterfactual else 1.0
-        with model_guard(self.model, self.eval_mode), torch.inference_mode(False), torch.enable_grad():
-            inputs = usable_input(x).detach().requires_grad_(True)
-            resolved = resolve_target(target, run_model(self.model, inputs, forward_kwargs), x.shape[0], self.output)
-            grads = finish(input_gradients(sign * resolved.scores, inputs).detach(), resolved.multi)
-        if x.device.type != "cpu":
-            require_finite(x)
-        return Explanation(
-            heatmap=grads,
-            raw=grads,
-            scores=finish(resolved.scores.detach(), resolved.multi),
-            method=self.name,
-            classes=None if resolved.classes is None else finish(resolved.classes, resolved.multi),
-            counterfactual=counterfactual,
-            logits=resolved.logits,
-        )
 
 
 class SmoothGrad(_InputSpaceMethod):
