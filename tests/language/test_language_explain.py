@@ -1,0 +1,101 @@
+"""explain_caption / explain_answer on the shipped models: numbers, identities, model hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradcam import GradCAM, InputError
+from gradcam.language import CaptionTarget, explain_answer, explain_caption, scene_tensor
+from gradcam.language.models import SceneCaptioner, SceneVQA
+from gradcam.language.scenes import HELDOUT_SEED, make_scene
+from gradcam.language.targets import WordTarget
+
+
+def state(model: torch.nn.Module) -> tuple:
+    return (
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [p.grad for p in model.parameters()],
+        [(name, len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()],
+    )
+
+
+def test_explain_caption_generates_the_right_caption_and_one_map_per_word(captioner: SceneCaptioner) -> None:
+    scene = make_scene(HELDOUT_SEED, 11)
+    captioner.train()  # a model in training mode is explained in eval mode and handed back as it was
+    before = state(captioner)
+    e = explain_caption(captioner, scene_tensor(11))
+    assert state(captioner) == before
+    captioner.eval()
+    assert e.caption == scene.caption
+    assert e.words == tuple(scene.caption.split())
+    assert e.gradcam.shape == (len(e.words), 64, 64) and e.guided_gradcam.shape == (len(e.words), 3, 64, 64)
+    # log_probs are the teacher-forced log-probabilities of the words; their sum is log P(caption)
+    tokens = e.tokens[None]
+    total = CaptionTarget(tokens[:, :-1])(captioner(scene_tensor(11), tokens[:, :-1]))
+    assert torch.allclose(e.log_probs.sum(), total[0], atol=1e-4)
+    # Guided Grad-CAM = guided backprop x the upsampled Grad-CAM: zero wherever Grad-CAM is zero
+    assert bool((e.guided_gradcam.abs().sum(1)[e.gradcam == 0] == 0).all())
+
+
+def test_beam_search_caption_matches_greedy_when_the_model_is_sure(captioner: SceneCaptioner) -> None:
+    x = scene_tensor(12)
+    greedy = captioner.generate(x)
+    beam = captioner.generate(x, beam=3)
+    assert torch.equal(greedy, beam)
+    with pytest.raises(InputError, match="beam"):
+        captioner.generate(x, beam=0)
+
+
+def test_explain_a_given_caption_and_its_errors(captioner: SceneCaptioner) -> None:
+    scene = make_scene(HELDOUT_SEED, 11)
+    wrong = scene.caption.replace(
+        scene.objects[0].shape, "square" if scene.objects[0].shape != "square" else "circle", 1
+    )
+    e = explain_caption(captioner, scene_tensor(11), wrong, guided=False)
+    right = explain_caption(captioner, scene_tensor(11), scene.caption, guided=False)
+    shape_index = 3  # "a SIZE COLOUR SHAPE": the first shape word
+    assert e.words[shape_index] != right.words[shape_index]
+    assert float(e.log_probs[shape_index]) < float(right.log_probs[shape_index]) - 3
+    assert torch.allclose(e.log_probs[:shape_index], right.log_probs[:shape_index])
+    assert e.guided_gradcam is None
+    with pytest.raises(InputError, match="'giraffe'"):
+        explain_caption(captioner, scene_tensor(11), "a small giraffe")
+    with pytest.raises(InputError, match="one image"):
+        explain_caption(captioner, torch.zeros(2, 3, 64, 64))
+
+
+def test_explain_answer_and_its_counterfactual(vqa: SceneVQA) -> None:
+    scene = make_scene(HELDOUT_SEED, 21)
+    subject = scene.objects[0]
+    question = f"what colour is the {subject.shape}?"
+    a = explain_answer(vqa, scene_tensor(21), question)
+    assert a.answer == a.predicted == subject.colour
+    with torch.no_grad():
+        logits = vqa(scene_tensor(21), vqa.question_kwargs(question)["question"])[0]
+    assert abs(a.score - float(logits.max())) < 1e-5
+    assert abs(sum(p for _, p in a.top) - float(logits.softmax(-1).topk(5).values.sum())) < 1e-5
+    # the counterfactual map is Grad-CAM of -y: the engine negates the weights, nothing else
+    cam = GradCAM(vqa, "encoder")
+    kwargs = {"forward_kwargs": vqa.question_kwargs(question)}
+    plain = cam(scene_tensor(21), a.answer_index, **kwargs)
+    counter = cam(scene_tensor(21), a.answer_index, counterfactual=True, **kwargs)
+    assert torch.allclose(counter.weights, -plain.weights)
+    c = explain_answer(vqa, scene_tensor(21), question, counterfactual=True, guided=False)
+    assert torch.allclose(c.raw, counter.raw[0], atol=1e-6)
+    assert not bool(((c.raw > 0) & (a.raw > 0)).any())
+    other = explain_answer(vqa, scene_tensor(21), question, answer="large", guided=False)
+    assert other.answer == "large" and abs(other.score - float(logits[vqa.answers.index("large")])) < 1e-5
+    with pytest.raises(InputError, match="'huge'"):
+        explain_answer(vqa, scene_tensor(21), question, answer="huge")
+
+
+def test_word_target_positions_can_be_batched(captioner: SceneCaptioner) -> None:
+    """Two images explained together give the maps each gets alone."""
+    x = torch.cat([scene_tensor(11), scene_tensor(12)])
+    tokens = captioner.generate(x)[:, :6]
+    cam = GradCAM(captioner, "encoder")
+    both = cam(x, WordTarget(tokens, [1, 2, 5]), forward_kwargs={"tokens": tokens})
+    one = cam(x[1:], WordTarget(tokens[1:], [1, 2, 5]), forward_kwargs={"tokens": tokens[1:]})
+    assert torch.allclose(both.heatmap[1], one.heatmap[0], atol=1e-5)
