@@ -1,0 +1,169 @@
+"""``gradcam evaluate localization|pointing|faithfulness|all``: measure the methods against ground truth.
+
+Over an ImageNet-format folder (images + PASCAL-VOC XML with WordNet ids) or ``--synthetic`` (generated
+shapes with exact boxes, explained by the synthetic CNN shipped with gradcam). Prints a table and
+writes CSV/JSON per image and per method, deletion/insertion curves and best/worst examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..models import DEFAULT_MODEL, ModelLoadError, load_model
+from ._common import CLIError, add_model_arguments, resolve_device
+
+COMMAND = "evaluate"
+HELP = "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic)"
+TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
+
+# Defaults that differ for the synthetic benchmark (112 px images, 6 classes).
+SYNTHETIC_DEFAULTS = {"images": 200, "top_k": 1, "tolerance": 4.0, "step": 224, "faithfulness_images": 100}
+FOLDER_DEFAULTS = {"images": None, "top_k": 5, "tolerance": 15.0, "step": None, "faithfulness_images": None}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation.faithfulness import BASELINES as FILLS
+    from ..evaluation.faithfulness import SCORES
+    from ..methods import METHODS
+
+    parser.add_argument("task", choices=TASK_CHOICES, help="what to measure ('all': the three together)")
+    parser.add_argument(
+        "path", nargs="?", metavar="IMAGES", help="folder of images with PASCAL-VOC .xml annotations (same stems)"
+    )
+    parser.add_argument("--annotations", metavar="DIR", help="folder holding the .xml files (default: IMAGES)")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="generated shapes with exact boxes (model: the shipped synthetic CNN)"
+    )
+    parser.add_argument("--images", type=int, metavar="N", help="images to use (synthetic: 200; folder: all)")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="synthetic images' seed (default 1, held out from training)"
+    )
+    add_model_arguments(parser)
+    parser.set_defaults(model=None)  # resolved in run(): the synthetic CNN with --synthetic, else the default
+    parser.add_argument("--layer", help="layer for the layer methods (default: the model's)")
+    parser.add_argument(
+        "--method", action="append", choices=list(METHODS), help="method to evaluate (repeatable; default: all)"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="leave out the centre/whole-image/random baselines")
+    parser.add_argument("--out", default="gradcam-eval", metavar="DIR", help="output folder (default gradcam-eval)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    group = parser.add_argument_group("localization and pointing")
+    group.add_argument("--threshold", type=float, default=0.15, help="box threshold, fraction of the max (0.15)")
+    group.add_argument("--iou", type=float, default=0.5, help="IoU for a correct box (0.5)")
+    group.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="segment connectivity (8)")
+    group.add_argument("--top-k", type=int, help="ILSVRC top-k (default 5; synthetic 1)")
+    group.add_argument(
+        "--no-sweep", action="store_true", help="skip MaxBoxAcc (box accuracy at the best of thresholds 0.05..0.95)"
+    )
+    group.add_argument("--tolerance", type=float, help="pointing tolerance in pixels (default 15; synthetic 4)")
+    group.add_argument("--origin", type=int, choices=(0, 1), default=0, help="XML box indices start at 0 or 1 (0)")
+    group = parser.add_argument_group("faithfulness")
+    group.add_argument("--step", type=int, help="pixels per deletion/insertion step (default one row; synthetic 224)")
+    group.add_argument("--deletion-baseline", choices=FILLS, default="zero")
+    group.add_argument("--insertion-baseline", choices=FILLS, default="blur")
+    group.add_argument("--score", choices=SCORES, default="probability")
+    group.add_argument(
+        "--faithfulness-images", type=int, metavar="N", help="faithfulness on the first N images (synthetic: 100)"
+    )
+    group.add_argument("--occlusion", action="store_true", help="also the rank correlation with occlusion maps")
+    group.add_argument("--patch", type=int, default=32, help="occlusion patch (32)")
+    group.add_argument("--stride", type=int, default=16, help="occlusion stride (16)")
+    group.add_argument("--fill", type=float, default=0.0, help="occlusion fill value in input space (0)")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise CLIError(f"--{name} must be >= 1; got {value}")
+
+
+def _load(args: argparse.Namespace):
+    from ..evaluation.synthetic import load_synthetic_model
+
+    try:
+        if args.model is None and args.synthetic:
+            if args.weights:
+                raise CLIError("--weights needs --model (the synthetic CNN uses its shipped weights)")
+            return load_synthetic_model()
+        return load_model(args.model or DEFAULT_MODEL, weights=args.weights, device="cpu", labels=args.labels)
+    except ModelLoadError as error:
+        raise CLIError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
+    from ..evaluation.report import describe, format_table, write_report
+    from ..evaluation.runner import TASKS
+
+    defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
+    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.synthetic and args.path:
+        raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
+    if not args.synthetic and not args.path:
+        raise CLIError("give a folder of images with .xml annotations, or --synthetic")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
+    if not 0.0 < args.iou <= 1.0:
+        raise CLIError(f"--iou must be in (0, 1]; got {args.iou}")
+    tolerance = defaults["tolerance"] if args.tolerance is None else args.tolerance
+    if tolerance < 0:
+        raise CLIError(f"--tolerance must be >= 0 pixels; got {tolerance}")
+    device = resolve_device(args.device)
+    loaded = _load(args)
+    count = args.images if args.images is not None else defaults["images"]
+    if args.synthetic:
+        items = synthetic_items(count, seed=args.seed)
+    else:
+        try:
+            items = load_annotated_folder(args.path, args.annotations, loaded.labels, origin=args.origin, limit=count)
+        except (ValueError, FileNotFoundError) as error:
+            raise CLIError(str(error)) from None
+    from ..evaluation.localization import SWEEP
+    from ..evaluation.sources import BASELINES
+
+    settings = EvaluationSettings(
+        tasks=TASKS if args.task == "all" else (args.task,),
+        methods=tuple(dict.fromkeys(args.method)) if args.method else None,
+        baselines=() if args.no_baselines else BASELINES,
+        layer=args.layer,
+        threshold=args.threshold,
+        iou=args.iou,
+        connectivity=args.connectivity,
+        top_k=args.top_k or defaults["top_k"],
+        sweep=() if args.no_sweep else SWEEP,
+        tolerance=tolerance,
+        step=args.step or defaults["step"],
+        deletion_baseline=args.deletion_baseline,
+        insertion_baseline=args.insertion_baseline,
+        score=args.score,
+        occlusion=args.occlusion,
+        patch=args.patch,
+        stride=args.stride,
+        fill=args.fill,
+        batch_size=args.batch_size,
+        faithfulness_images=args.faithfulness_images or defaults["faithfulness_images"],
+    )
+
+    def report(line: str) -> None:
+        print(f"gradcam evaluate: {line}", file=sys.stderr)
+
+    from ..errors import GradCAMError
+
+    try:
+        result = evaluate(
+            loaded, items, settings, device=device, progress=not args.quiet and sys.stderr.isatty(), report=report
+        )
+    except (GradCAMError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    out = Path(args.out)
+    written = write_report(result, out, plots=not args.no_plots)
+    print(describe(result))
+    print()
+    print(format_table(result))
+    print()
+    print(f"per-image and per-method CSV/JSON, curves and examples in {out}/ ({len(written)} files)")
+    return 0

@@ -1,0 +1,81 @@
+"""Evaluating explanations: localization, pointing, faithfulness, and a synthetic ground-truth benchmark.
+
+Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
+
+- :class:`LocalizationError` — ILSVRC weakly-supervised localization (Grad-CAM §4.1), top-1/top-5.
+- :class:`BoxAccuracy` — ground-truth-class box accuracy at IoU >= 0.5.
+- :class:`PointingGame` — Zhang et al.'s pointing game, per-class mean accuracy, with a 15 px tolerance.
+- :class:`BoxEnergy` — energy in the box and the mean-inside / mean-outside ratio.
+- :class:`DeletionInsertion` — RISE's deletion / insertion AUC.
+- :class:`ConfidenceChange` — Grad-CAM++'s Average Drop and Increase in Confidence.
+- :class:`OcclusionCorrelation` — Spearman correlation with occlusion maps (Grad-CAM §5.3).
+
+Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
+:class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
+every registered method and the trivial baselines; :func:`write_report` writes tables and figures.
+"""
+
+from __future__ import annotations
+
+from .datasets import (
+    AnnotatedImage,
+    load_annotated_folder,
+    read_voc_xml,
+    voc_xml,
+    write_annotated_folder,
+)
+from .faithfulness import (
+    ConfidenceChange,
+    DeletionInsertion,
+    OcclusionCorrelation,
+    auc,
+    gaussian_blur,
+    occlusion_map,
+    perturbation_curves,
+    spearman,
+)
+from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
+from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
+from .report import format_table, write_report
+from .runner import TASKS, EvaluationResult, EvaluationSettings, evaluate
+from .sources import BASELINES, default_methods
+from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
+
+__all__ = [
+    "BASELINES",
+    "CLASSES",
+    "TASKS",
+    "AnnotatedImage",
+    "BoxAccuracy",
+    "BoxEnergy",
+    "ConfidenceChange",
+    "DeletionInsertion",
+    "EvaluationResult",
+    "EvaluationSettings",
+    "LocalizationError",
+    "OcclusionCorrelation",
+    "PointingGame",
+    "SyntheticCNN",
+    "SyntheticShapes",
+    "auc",
+    "box_iou",
+    "connected_components",
+    "default_methods",
+    "evaluate",
+    "format_table",
+    "gaussian_blur",
+    "largest_component",
+    "load_annotated_folder",
+    "load_synthetic_model",
+    "map_to_box",
+    "occlusion_map",
+    "peak_point",
+    "perturbation_curves",
+    "read_voc_xml",
+    "saliency_2d",
+    "spearman",
+    "synthetic_items",
+    "voc_xml",
+    "write_annotated_folder",
+    "write_report",
+]

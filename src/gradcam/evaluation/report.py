@@ -1,0 +1,292 @@
+"""Tables, CSV/JSON files and figures for an :class:`~.runner.EvaluationResult`.
+
+Figures: the mean deletion and insertion curves of every method (matplotlib when installed, otherwise
+drawn with PIL), and for every method its best and worst box with the map, the ground-truth box
+(green) and the predicted box (red), drawn with :mod:`gradcam.imaging.draw`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..imaging import draw
+from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
+from .runner import EvaluationResult, Example
+
+logger = logging.getLogger("gradcam")
+
+#: Column key -> (header, number format). Arrows say which direction is better.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "top1_loc_error": ("Top-1 loc. err % ↓", "{:.1f}"),
+    "topk_loc_error": ("Top-{k} loc. err % ↓", "{:.1f}"),
+    "top1_cls_error": ("Top-1 cls. err % ↓", "{:.1f}"),
+    "topk_cls_error": ("Top-{k} cls. err % ↓", "{:.1f}"),
+    "box_accuracy": ("Box acc. % ↑", "{:.1f}"),
+    "box_accuracy_two_object": ("Box acc. 2-obj % ↑", "{:.1f}"),
+    "max_box_accuracy": ("MaxBoxAcc % ↑", "{:.1f}"),
+    "best_threshold": ("at threshold", "{:.2f}"),
+    "mean_iou": ("Mean IoU ↑", "{:.3f}"),
+    "pointing": ("Pointing % ↑", "{:.1f}"),
+    "pointing_two_object": ("Pointing 2-obj % ↑", "{:.1f}"),
+    "points_at_other": ("At other obj. % ↓", "{:.1f}"),
+    "energy": ("Energy in box % ↑", "{:.1f}"),
+    "in_out_ratio": ("In/out ratio ↑", "{:.2f}"),
+    "deletion_auc": ("Deletion AUC ↓", "{:.3f}"),
+    "insertion_auc": ("Insertion AUC ↑", "{:.3f}"),
+    "average_drop": ("Avg. drop % ↓", "{:.1f}"),
+    "increase_in_confidence": ("Increase % ↑", "{:.1f}"),
+    "rank_correlation": ("Rank corr. occlusion ↑", "{:.3f}"),
+}
+
+TASK_COLUMNS = {
+    "localization": ("top1_loc_error", "topk_loc_error", "top1_cls_error", "box_accuracy", "max_box_accuracy"),
+    "pointing": ("pointing", "pointing_two_object", "points_at_other", "energy", "in_out_ratio"),
+    "faithfulness": ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "rank_correlation"),
+}
+HEADLINE_COLUMNS = (
+    "box_accuracy",
+    "max_box_accuracy",
+    "best_threshold",
+    "box_accuracy_two_object",
+    "pointing",
+    "pointing_two_object",
+    "points_at_other",
+    "deletion_auc",
+    "insertion_auc",
+    "average_drop",
+)
+_CURVE_COLOURS = (
+    (31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+def table_columns(result: EvaluationResult) -> list[str]:
+    """The columns for this run: the headline set when every task ran, else each task's own."""
+    tasks = result.settings.tasks
+    columns = list(HEADLINE_COLUMNS) if len(tasks) == 3 else [c for task in tasks for c in TASK_COLUMNS[task]]
+    present = {key for m in result.methods for key in m.summary}
+    return [c for c in dict.fromkeys(columns) if c in present]
+
+
+def format_table(result: EvaluationResult, columns: Sequence[str] | None = None) -> str:
+    """A Markdown table, one row per method (baselines last); methods that failed show why."""
+    columns = list(columns or table_columns(result))
+    k = str(next((m.summary.get("k") for m in result.methods if m.summary.get("k")), result.settings.top_k))
+    headers = ["Method"] + [COLUMNS[c][0].replace("{k}", k) for c in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    ordered = [m for m in result.methods if not m.is_baseline and not m.error]
+    ordered += [m for m in result.methods if m.is_baseline] + [m for m in result.methods if m.error]
+    for method in ordered:
+        if method.error:
+            lines.append(
+                f"| {method.title} | not evaluated: {method.error.splitlines()[0][:80]} |" + " |" * (len(columns) - 1)
+            )
+            continue
+        cells = []
+        for column in columns:
+            value = method.summary.get(column)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("–")
+            else:
+                cells.append(COLUMNS[column][1].format(value))
+        lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(result: EvaluationResult) -> str:
+    """One paragraph saying what was measured: model, images, classification accuracy, settings."""
+    s = result.settings
+    cls = result.classification
+    accuracy = ", ".join(f"{key.replace('_', ' ')} {value:.1f} %" for key, value in cls.items() if key != "images")
+    parts = [
+        f"model {result.model}, {result.images} images ({accuracy}), {result.seconds:.0f} s",
+        f"boxes: threshold {s.threshold:g} of the max, largest {s.connectivity}-connected segment, IoU >= {s.iou:g}",
+        f"pointing tolerance {s.tolerance:g} px",
+    ]
+    if "faithfulness" in s.tasks:
+        step = "one row" if s.step is None else f"{s.step} px"
+        parts.append(
+            f"deletion to '{s.deletion_baseline}', insertion from '{s.insertion_baseline}', step {step}, "
+            f"score {s.score}"
+        )
+    return "; ".join(parts)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def summary_rows(result: EvaluationResult) -> list[dict[str, Any]]:
+    """One flat dict per method: name, title, baseline flag, layer, error, every summary number."""
+    return [
+        {
+            "method": m.name,
+            "title": m.title,
+            "baseline": m.is_baseline,
+            "layer": m.layer,
+            "error": m.error,
+            **{k: v for k, v in m.summary.items()},
+        }
+        for m in result.methods
+    ]
+
+
+def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: bool = True) -> dict[str, Path]:
+    """Write ``summary.json``, ``summary.csv``, ``per_image.csv``, ``per_image.json``, ``table.md``,
+    ``curves.json`` and, with ``plots``, ``curves.png`` and ``examples/<method>.png``. Returns the paths."""
+    out = Path(out)
+    written: dict[str, Path] = {}
+    rows = summary_rows(result)
+    settings = asdict(result.settings)
+    written["summary.json"] = write_json_atomic(
+        out / "summary.json",
+        _clean(
+            {
+                "model": result.model,
+                "images": result.images,
+                "seconds": round(result.seconds, 1),
+                "classification": result.classification,
+                "settings": settings,
+                "methods": rows,
+            }
+        ),
+    )
+    written["summary.csv"] = write_bytes_atomic(out / "summary.csv", _csv_text(rows).encode("utf-8"))
+    written["per_image.csv"] = write_bytes_atomic(out / "per_image.csv", _csv_text(result.per_image).encode("utf-8"))
+    written["per_image.json"] = write_json_atomic(out / "per_image.json", _clean(result.per_image))
+    table = format_table(result)
+    written["table.md"] = write_bytes_atomic(out / "table.md", (describe(result) + "\n\n" + table + "\n").encode())
+    if result.curves:
+        written["curves.json"] = write_json_atomic(out / "curves.json", _clean(result.curves))
+    if plots:
+        if result.curves:
+            written["curves.png"] = save_png_atomic(out / "curves.png", plot_curves(result))
+        for name, kept in result.examples.items():
+            if kept:
+                title = next((m.title for m in result.methods if m.name == name), name)
+                written[f"examples/{name}.png"] = save_png_atomic(
+                    out / "examples" / f"{name}.png", example_panel(kept, title, result.labels)
+                )
+    return written
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _class_name(index: int, labels: Sequence[str] | None) -> str:
+    return labels[index] if labels is not None and 0 <= index < len(labels) else f"class {index}"
+
+
+def example_panel(kept: dict[str, Example], title: str, labels: Sequence[str] | None = None) -> Image.Image:
+    """Best and worst case of one method: the map over the image, ground truth green, prediction red."""
+    tiles, titles = [], []
+    for kind in ("best", "worst"):
+        example = kept.get(kind)
+        if example is None:
+            continue
+        on_original = example.geometry.to_original(example.heatmap.float()).clamp(0, 1)
+        picture = draw.overlay(example.image, on_original.numpy(), 0.5)
+        for box in example.truths:
+            picture = draw.draw_box(picture, box, (0, 255, 0), 2)
+        if all(math.isfinite(v) for v in example.box):
+            picture = draw.draw_box(picture, example.box, (255, 0, 0), 2)
+        tiles.append(picture)
+        titles.append(f"{title} {kind}: {_class_name(example.cls, labels)} IoU {example.iou:.2f}")
+    height = min(max(t.height for t in tiles), 384)
+    return draw.panel(tiles, titles, tile_height=max(height, 224))
+
+
+def plot_curves(result: EvaluationResult) -> Image.Image:
+    """Mean deletion and insertion curves per method (matplotlib if installed, else PIL)."""
+    try:
+        return _plot_curves_matplotlib(result)
+    except ImportError:
+        logger.info("gradcam: matplotlib is not installed; drawing the curves with PIL")
+        return _plot_curves_pil(result)
+
+
+def _curve_items(result: EvaluationResult) -> list[tuple[str, dict[str, list[float]]]]:
+    titles = {m.name: m.title for m in result.methods}
+    return [(titles.get(name, name), curves) for name, curves in result.curves.items()]
+
+
+def _plot_curves_matplotlib(result: EvaluationResult) -> Image.Image:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    items = _curve_items(result)
+    for index, mode in enumerate(("deletion", "insertion")):
+        axes = figure.add_subplot(1, 2, index + 1)
+        for j, (title, curves) in enumerate(items):
+            style = "--" if title.startswith("Baseline") else "-"
+            colour = tuple(c / 255 for c in _CURVE_COLOURS[j % len(_CURVE_COLOURS)])
+            axes.plot(curves["fractions"], curves[mode], style, color=colour, label=title, linewidth=1.5)
+        axes.set_xlabel("fraction of pixels " + ("removed" if mode == "deletion" else "inserted"))
+        axes.set_ylabel(f"{result.settings.score} of the explained class")
+        axes.set_title(mode.capitalize())
+        axes.set_xlim(0, 1)
+        axes.grid(alpha=0.3)
+    figure.axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def _plot_curves_pil(result: EvaluationResult, width: int = 1000, height: int = 420) -> Image.Image:
+    canvas = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    items = _curve_items(result)
+    top_value = max([1e-9] + [max(c[mode]) for _, c in items for mode in ("deletion", "insertion")])
+    top_value = 1.0 if result.settings.score == "probability" else top_value
+    plot_w, margin = width // 2 - 70, 50
+    for index, mode in enumerate(("deletion", "insertion")):
+        left, bottom, top = 50 + index * (width // 2), height - margin, 30
+        pen.rectangle((left, top, left + plot_w, bottom), outline=(0, 0, 0))
+        pen.text((left + plot_w // 2 - 25, 10), mode.capitalize(), fill=(0, 0, 0), font=font)
+        pen.text((left, bottom + 8), "0", fill=(0, 0, 0), font=font)
+        pen.text((left + plot_w - 6, bottom + 8), "1", fill=(0, 0, 0), font=font)
+        pen.text((left - 28, top), f"{top_value:.2g}", fill=(0, 0, 0), font=font)
+        for j, (title, curves) in enumerate(items):
+            colour = _CURVE_COLOURS[j % len(_CURVE_COLOURS)]
+            points = [
+                (left + f * plot_w, bottom - (v / top_value) * (bottom - top))
+                for f, v in zip(curves["fractions"], curves[mode])
+            ]
+            pen.line(points, fill=colour, width=2)
+            if index == 1:
+                pen.text((left + 8, top + 6 + 12 * j), title, fill=colour, font=font)
+    return canvas

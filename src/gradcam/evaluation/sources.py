@@ -1,0 +1,151 @@
+"""Where evaluated maps come from: every registered method and trivial baselines.
+
+A :class:`MapSource` turns a batch and a (B, k) class tensor into (B, k, H, W) non-negative maps in
+the input frame. Registered methods are read from :data:`gradcam.methods.METHODS` at call time, so a
+newly registered method is evaluated (and appears in the tables) without any change here.
+
+Baselines, which never look at the model:
+
+- ``center``: 1 inside a centred box covering the middle half of each side, 0 elsewhere (the "centre"
+  baseline of Zhang et al. 2016); its localization box is that box, its point the image centre.
+- ``whole-image``: a constant map; its box is the whole image, its point the centre.
+- ``random``: uniform noise on a coarse grid (14 x 14, like a CAM), bilinearly upsampled; seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..methods import METHODS, create_explainer
+from ..methods.base import Explainer
+from .regions import saliency_2d
+
+BASELINES = ("center", "whole-image", "random")
+
+TITLES = {
+    "gradcam": "Grad-CAM",
+    "counterfactual": "Counterfactual",
+    "cam": "CAM",
+    "guided-backprop": "Guided Backprop",
+    "guided-gradcam": "Guided Grad-CAM",
+    "gradient": "Input gradient",
+    "multilayer": "Multi-layer CAM",
+    "smoothgrad": "SmoothGrad",
+    "integrated-gradients": "Integrated Gradients",
+    "center": "Baseline: centre box",
+    "whole-image": "Baseline: whole image",
+    "random": "Baseline: random map",
+}
+
+
+@dataclass
+class MapSource:
+    """Something that makes maps for (B, k) classes: a method or a baseline."""
+
+    name: str
+    is_baseline: ClassVar[bool] = False
+
+    @property
+    def title(self) -> str:
+        return title(self.name)
+
+    @property
+    def layer(self) -> str | None:
+        return None
+
+    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class MethodSource(MapSource):
+    """A registered method with its call options."""
+
+    explainer: Explainer | None = None
+    call_options: dict[str, Any] | None = None
+
+    @property
+    def layer(self) -> str | None:
+        return getattr(self.explainer, "layer_name", None)
+
+    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        explanation = self.explainer(x, classes, **(self.call_options or {}))
+        heatmap = explanation.heatmap
+        if heatmap.dim() == 4 and heatmap.shape[:2] != classes.shape:  # a method that ignored the k axis
+            raise ValueError(f"method {self.name!r} returned maps of shape {tuple(heatmap.shape)} for (B, k) targets")
+        return saliency_2d(heatmap, channels=heatmap.dim() == 5)
+
+
+@dataclass
+class BaselineSource(MapSource):
+    """A trivial map that ignores the model and the class."""
+
+    seed: int = 0
+    grid: int = 14
+    fraction: float = 0.5
+    is_baseline: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.name not in BASELINES:
+            raise ValueError(f"unknown baseline {self.name!r}; available: {', '.join(BASELINES)}")
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        batch, k = classes.shape
+        height, width = x.shape[-2:]
+        if self.name == "whole-image":
+            return torch.ones(batch, k, height, width, device=x.device)
+        if self.name == "center":
+            out = torch.zeros(batch, k, height, width, device=x.device)
+            top, left = round(height * (1 - self.fraction) / 2), round(width * (1 - self.fraction) / 2)
+            out[..., top : height - top, left : width - left] = 1.0
+            return out
+        noise = torch.rand(batch * k, 1, self.grid, self.grid, generator=self._generator).to(x.device)
+        maps = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
+        return maps.view(batch, k, height, width)
+
+
+def title(name: str) -> str:
+    """A display name: a known title, else the registered summary's text before its colon, else the name."""
+    if name in TITLES:
+        return TITLES[name]
+    spec = METHODS.get(name)
+    if spec is not None and ":" in spec.summary:
+        return spec.summary.split(":", 1)[0].strip()
+    return name
+
+
+def default_methods() -> list[str]:
+    """Every registered method, read from the registry now (so newly registered methods are included)."""
+    return list(METHODS)
+
+
+def make_sources(
+    model: nn.Module,
+    methods: list[str] | None = None,
+    baselines: list[str] | tuple[str, ...] = BASELINES,
+    layer: Any = None,
+    seed: int = 0,
+) -> tuple[list[MapSource], dict[str, str]]:
+    """Build the sources to evaluate; methods that cannot be built for ``model`` are returned as
+    ``{name: reason}`` instead of raising (CAM on a head that is not GAP + linear, say)."""
+    methods = default_methods() if methods is None else list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+    sources: list[MapSource] = []
+    failures: dict[str, str] = {}
+    for name in methods:
+        try:
+            spec = METHODS[name]
+            explainer = create_explainer(name, model, layer if spec.uses_layer else None)
+            sources.append(MethodSource(name, explainer, dict(spec.call_options)))
+        except (ValueError, TypeError, RuntimeError) as error:
+            failures[name] = f"{type(error).__name__}: {error}"
+    sources.extend(BaselineSource(name, seed=seed) for name in baselines)
+    return sources, failures

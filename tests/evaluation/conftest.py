@@ -1,0 +1,36 @@
+"""Evaluation tests run with one torch thread (on a shared 2-core machine two intra-op threads spin-wait
+for each other and make the many small forward passes of the faithfulness metrics several times slower),
+and tests marked ``slow`` run only when asked for (``pytest -m slow``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "slow" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords and "evaluation" in str(item.path):
+            item.add_marker(skip)
