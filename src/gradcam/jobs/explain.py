@@ -911,7 +911,15 @@ def _writer_pool(writers: int) -> Executor:
     time, so threads do not scale); ``writers=0`` draws in one thread of this process."""
     if writers <= 0:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-writer")
-    return ProcessPoolExecutor(max_workers=writers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(
+        max_workers=writers, mp_context=multiprocessing.get_context("fork"), initializer=_init_writer
+    )
+
+
+def _init_writer() -> None:
+    """A forked writer must not enter the parent's OpenMP pool (it deadlocks after fork): one thread,
+    as torch's DataLoader workers do."""
+    torch.set_num_threads(1)
 
 
 def _progress(total: int, enabled: bool) -> Any:
