@@ -375,6 +375,44 @@ def _load_default(
 # -------------------------------------------------------------------------------------- torchvision
 
 
+def _build_pretrained_locally(
+    name: str, weights: str | Path | None
+) -> tuple[Any, Any, Mapping[str, torch.Tensor], list[str] | None, nn.Module | None]:
+    """Build torchvision model ``name`` the way torchvision builds a pretrained one (it adjusts e.g.
+    transform_input, image_size, aux heads), but with the tensors of ``weights`` or of the local hub
+    cache instead of a download.
+
+    Returns ``(builder, weights_enum, state, categories, model)``; ``model`` is None when the file does
+    not fit the pretrained architecture (a fine-tuned model: the caller rebuilds without weights).
+    """
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
+    weights_cls = torchvision.models.get_model_weights(name)
+    weights_enum = weights_cls.DEFAULT
+    if weights is None:
+        cached = torchvision_weights_cache_path(name)
+        if not cached.is_file():
+            raise ModelLoadError(
+                f"no weights for torchvision:{name} on this machine, and gradcam never downloads. Put the "
+                f"file {cached.name} (from {weights_enum.url}) at {cached}, or pass --weights FILE."
+            )
+        weights = cached
+    state = load_state_dict_file(weights)
+    categories = list(weights_enum.meta.get("categories") or []) or None
+
+    def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return _copy_state(state)
+
+    model: nn.Module | None = None
+    try:
+        with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
+            model = builder(weights=weights_enum)
+    except (RuntimeError, KeyError, ValueError, TypeError):
+        model = None
+    return builder, weights_enum, state, categories, model
+
+
 def torchvision_weights_cache_path(name: str) -> Path:
     """Where torch's hub cache keeps torchvision model ``name``'s default weights (may not exist)."""
     import torchvision
@@ -448,31 +486,7 @@ def _load_torchvision(
             f"unknown torchvision classification model {name!r}.{_close(name, available + list(dense))} "
             "Run `gradcam models --all` for the list (detection and segmentation models too)."
         )
-    builder = torchvision.models.get_model_builder(name)
-    weights_cls = torchvision.models.get_model_weights(name)
-    weights_enum = weights_cls.DEFAULT
-    if weights is None:
-        cached = torchvision_weights_cache_path(name)
-        if not cached.is_file():
-            raise ModelLoadError(
-                f"no weights for torchvision:{name} on this machine, and gradcam never downloads. Put the "
-                f"file {cached.name} (from {weights_enum.url}) at {cached}, or pass --weights FILE."
-            )
-        weights = cached
-    state = load_state_dict_file(weights)
-    categories = list(weights_enum.meta.get("categories") or []) or None
-
-    # Build the way torchvision builds a pretrained model (it adjusts e.g. transform_input, image_size),
-    # but hand it our tensors instead of letting it fetch a URL.
-    def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        return _copy_state(state)
-
-    model: nn.Module | None = None
-    try:
-        with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
-            model = builder(weights=weights_enum)
-    except (RuntimeError, KeyError, ValueError, TypeError):
-        model = None
+    builder, weights_enum, state, categories, model = _build_pretrained_locally(name, weights)
     if model is None:
         # A fine-tuned model: same architecture, maybe a different number of classes.
         fresh = builder(weights=None)
@@ -564,33 +578,10 @@ def _load_torchvision_dense(
     """A torchvision detection or segmentation model, built like :func:`_load_torchvision` (never
     downloading: weights from ``weights`` or the hub cache). Detectors come wrapped in
     :class:`gradcam.tasks.DetectorAdapter`, so the model takes a (B, 3, H, W) batch in [0, 1]."""
-    import torchvision
 
     from gradcam.tasks import DetectorAdapter
 
-    builder = torchvision.models.get_model_builder(name)
-    weights_cls = torchvision.models.get_model_weights(name)
-    weights_enum = weights_cls.DEFAULT
-    if weights is None:
-        cached = torchvision_weights_cache_path(name)
-        if not cached.is_file():
-            raise ModelLoadError(
-                f"no weights for torchvision:{name} on this machine, and gradcam never downloads. Put the "
-                f"file {cached.name} (from {weights_enum.url}) at {cached}, or pass --weights FILE."
-            )
-        weights = cached
-    state = load_state_dict_file(weights)
-    categories = list(weights_enum.meta.get("categories") or []) or None
-
-    def _given_state_dict(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        return _copy_state(state)
-
-    model: nn.Module | None = None
-    try:
-        with mock.patch.object(weights_cls, "get_state_dict", _given_state_dict):
-            model = builder(weights=weights_enum)
-    except (RuntimeError, KeyError, ValueError, TypeError):
-        model = None
+    builder, weights_enum, state, categories, model = _build_pretrained_locally(name, weights)
     if model is None:
         # Fine-tuned: another number of classes, or (segmentation) no auxiliary head. weights_backbone=None:
         # the builders would otherwise fetch ImageNet backbone weights.
