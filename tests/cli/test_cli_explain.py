@@ -181,6 +181,7 @@ def test_panel_has_the_papers_five_tiles(tmp_path, capsys):
         (["--layer", "blocks.99"], "layer 'blocks.99' not found in EfficientNetLite; close matches:"),
         (["--model", "torchvision:resnet50"], "Put the file resnet50-11ad3fa6.pth"),
         (["--model", "nosuchmodel"], "unknown model spec 'nosuchmodel'"),
+        (["--outputs", "heatmap,video"], "--outputs takes a comma-separated subset of overlay,heatmap,panel; got"),
     ],
 )
 def test_bad_arguments_give_clear_messages(tmp_path, capsys, monkeypatch, args, message):
@@ -188,6 +189,24 @@ def test_bad_arguments_give_clear_messages(tmp_path, capsys, monkeypatch, args, 
     code, _out, err = run(["explain", sample_path("coffee"), "--out", tmp_path / "out", *FAST, *args], capsys)
     assert code == 2
     assert message in err
+
+
+def test_outputs_selects_the_files_written_and_keys_the_resume(tmp_path, capsys):
+    """--outputs heatmap writes the same maps as a full run and nothing else; a full rerun redoes the item."""
+    shutil.copy(sample_path("coffee"), tmp_path / "coffee.jpg")
+    base = ["explain", tmp_path / "coffee.jpg", "--method", "gradcam", "--method", "guided-backprop", *FAST]
+    assert run([*base, "--out", tmp_path / "full"], capsys)[0] == 0
+    assert run([*base, "--out", tmp_path / "maps", "--outputs", "heatmap"], capsys)[0] == 0
+    written = sorted(p.name for p in (tmp_path / "maps" / "coffee_jpg").iterdir())
+    assert written == ["gradcam_967_espresso.npy", "guided-backprop_967_espresso.npy", "item.json"]
+    (item,) = json.loads((tmp_path / "maps" / "manifest.json").read_text())["items"]
+    assert [(o["overlay"], o["panel"]) for o in item["outputs"]] == [(None, None), (None, None)]
+    for output in item["outputs"]:
+        twin = tmp_path / "full" / Path(output["heatmap"]).relative_to(tmp_path / "maps")
+        np.testing.assert_array_equal(np.load(output["heatmap"]), np.load(twin))
+    code, out, _ = run([*base, "--out", tmp_path / "maps", "--outputs", "panel,overlay"], capsys)
+    assert code == 0 and "1 explained, 0 already done" in out
+    assert sorted(p.suffix for p in (tmp_path / "maps" / "coffee_jpg").iterdir()).count(".png") == 3
 
 
 def test_missing_path_is_an_error(tmp_path, capsys):

@@ -73,6 +73,23 @@ def test_overlay_pixel_arithmetic() -> None:
     assert np.asarray(overlay(image, heatmap, alpha=0.0))[0, 0].tolist() == [100, 50, 200]
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.37, 0.5, 1.0])
+@pytest.mark.parametrize("name", ["jet", "turbo", "gray"])
+def test_overlay_table_equals_the_float64_formula(alpha: float, name: str) -> None:
+    """The look-up-table blend is exactly ``floor((1 - a) * image + a * colour + 0.5)`` computed in float64,
+    on every (base value, heatmap index) pair and on NaN / out-of-range heatmap values."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    pixels[..., 0] = np.arange(256)[:, None]  # every base value meets every heatmap index in channel 0
+    heatmap = np.tile(np.arange(256) / 255.0, (256, 1))
+    heatmap[0, :4] = [np.nan, 2.0, -1.0, np.inf]
+    out = np.asarray(overlay(Image.fromarray(pixels), heatmap, alpha=alpha, colormap=name)).astype(np.int64)
+    indices = np.floor(np.clip(np.nan_to_num(heatmap, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255 + 0.5)
+    colour = colormap(name)[indices.astype(int)].astype(np.float64)
+    expected = np.clip(np.floor((1 - alpha) * pixels.astype(np.float64) + alpha * colour + 0.5), 0, 255)
+    assert np.array_equal(out, expected.astype(np.int64))
+
+
 def test_overlay_validates_size_and_alpha() -> None:
     image = Image.new("RGB", (4, 3))
     with pytest.raises(ValueError, match="5x3.*4x3"):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from gradcam.imaging.io import (
     ImageReadError,
+    encode_png,
     find_images,
     load_image,
     save_npy_atomic,
@@ -222,3 +223,33 @@ def test_failing_writer_keeps_old_file_and_removes_temp(tmp_path: Path) -> None:
         write_json_atomic(json_path, {"bad": object()})
     assert json.loads(json_path.read_text()) == {"ok": True}
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1), (2, 1), (7, 5, 3), (3, 9), (61, 83, 3)])
+def test_encode_png_round_trips_exact_pixels(shape: tuple[int, ...]) -> None:
+    """PIL (an independent decoder) reads back exactly the pixels written, 'Up' filter wrap-around included."""
+    import io
+
+    pixels = np.random.default_rng(len(shape) * 10 + shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    pixels.reshape(shape[0], -1)[-1, :] = 0  # the Up filter's wrap-around: 0 - 255 mod 256
+    pixels.reshape(shape[0], -1)[0, :] = 255
+    data = encode_png(pixels)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()  # PIL checks every chunk's CRC
+    assert decoded.mode == ("RGB" if len(shape) == 3 else "L")
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_encode_png_refuses_other_arrays() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
+
+
+def test_save_png_atomic_keeps_other_modes_through_pil(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (3, 2), (10, 20, 30, 40))
+    save_png_atomic(tmp_path / "a.png", image)
+    back = Image.open(tmp_path / "a.png")
+    assert back.mode == "RGBA" and back.getpixel((2, 1)) == (10, 20, 30, 40)

@@ -17,7 +17,7 @@ from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
 from ..imaging.io import find_images
 from ..jobs import ExplainSettings, explain_files
-from ..jobs.explain import CLASS_TASKS, DEFAULT_TASK, TaskOptions, as_detector, distributed_rank
+from ..jobs.explain import CLASS_TASKS, DEFAULT_TASK, OUTPUT_KINDS, TaskOptions, as_detector, distributed_rank
 from ..methods import METHODS
 from ..models import LoadedModel
 from ..tasks import TASKS
@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
+    parser.add_argument(
+        "--outputs",
+        default=",".join(OUTPUT_KINDS),
+        metavar="KINDS",
+        help=f"files to write per image and class, comma-separated from {','.join(OUTPUT_KINDS)} (default: all)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
@@ -84,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--top-k must be >= 1; got {args.top_k}")
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1; got {args.batch_size}")
+    outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
+    unknown = [kind for kind in outputs if kind not in OUTPUT_KINDS]
+    if unknown or not outputs:
+        return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
     if not args.paths and not args.samples:
         return _fail("give image files, folders or globs (or --samples for the bundled photos)")
     try:
@@ -106,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         layer=args.layer,
         task=task,
+        outputs=outputs,
     )
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1, max(0, len(paths) - 1))
     out = Path(args.out)

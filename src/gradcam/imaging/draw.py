@@ -107,8 +107,11 @@ def _to_numpy_2d(values: ArrayLike, what: str) -> np.ndarray:
 
 def _heatmap_indices(heatmap: ArrayLike) -> np.ndarray:
     """LUT indices ``round(clip(v, 0, 1) * 255)`` with NaN -> 0."""
-    values = np.nan_to_num(_to_numpy_2d(heatmap, "heatmap"), nan=0.0, posinf=1.0, neginf=0.0)
-    return _round_to_uint8(np.clip(values, 0.0, 1.0) * 255.0)
+    values = np.nan_to_num(_to_numpy_2d(heatmap, "heatmap"), nan=0.0, posinf=1.0, neginf=0.0, copy=True)
+    np.clip(values, 0.0, 1.0, out=values)
+    values *= 255.0
+    values += 0.5
+    return np.floor(values, out=values).astype(np.uint8)  # in [0, 255]: floor(v * 255 + 0.5), in place
 
 
 def apply_colormap(heatmap: ArrayLike, name: str = "jet") -> Image.Image:
@@ -130,9 +133,26 @@ def overlay(image: Image.Image, heatmap: ArrayLike, alpha: float = 0.5, colormap
             f"heatmap size {values.shape[1]}x{values.shape[0]} (WxH) does not match "
             f"image size {image.width}x{image.height}; resize the heatmap to the image first"
         )
-    base = np.asarray(image.convert("RGB"), dtype=np.float64)
-    colour = np.asarray(apply_colormap(values, colormap), dtype=np.float64)
-    return Image.fromarray(_round_to_uint8((1.0 - alpha) * base + alpha * colour), "RGB")
+    base = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    table = _blend_table(float(alpha), colormap.lower() if isinstance(colormap, str) else colormap)
+    heat = _heatmap_indices(values).astype(np.uint16)
+    out = np.empty_like(base)
+    for c in range(3):  # pixel (base value b, heatmap index i) of channel c -> table[c, b * 256 + i]
+        out[..., c] = table[c][(base[..., c].astype(np.uint16) << 8) | heat]
+    return Image.fromarray(out, "RGB")
+
+
+@cache
+def _blend_table(alpha: float, name: str) -> np.ndarray:
+    """(3, 256 * 256) uint8: ``round((1 - alpha) * b + alpha * LUT[i][c])`` for every base value b and
+    heatmap index i, computed once in float64, so a blend is one table look-up per channel (exactly
+    the float64 formula, in a fraction of its time)."""
+    lut = colormap(name).astype(np.float64)  # (256, 3)
+    b = np.arange(256, dtype=np.float64)[:, None, None]
+    table = _round_to_uint8((1.0 - alpha) * b + alpha * lut[None, :, :])  # (b, i, c)
+    table = np.ascontiguousarray(table.transpose(2, 0, 1).reshape(3, -1))
+    table.setflags(write=False)
+    return table
 
 
 def gradient_image(grad: ArrayLike, eps: float = 1e-5) -> Image.Image:

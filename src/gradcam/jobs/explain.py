@@ -45,6 +45,7 @@ from ..methods.base import Explainer
 from ..models import LoadedModel
 from ..models._loaders import WholeImagePreprocess
 from ..targets import TopK
+from .distributed import all_gather, barrier, distributed_rank, rank_device
 
 logger = logging.getLogger("gradcam")
 
@@ -93,9 +94,13 @@ class TaskOptions:
         return json.loads(json.dumps({"name": self.name, **given}))
 
 
+#: The files written per image and class: the overlay PNG, the heatmap ``.npy``, the panel PNG.
+OUTPUT_KINDS = ("overlay", "heatmap", "panel")
+
+
 @dataclass(frozen=True)
 class ExplainSettings:
-    """What to explain and how to draw it."""
+    """What to explain, how to draw it, and which of :data:`OUTPUT_KINDS` to write."""
 
     methods: tuple[str, ...] = ("gradcam", "guided-backprop", "guided-gradcam", "counterfactual")
     targets: tuple[int, ...] | None = None  # the same classes for every image; None = top-k predicted
@@ -105,14 +110,22 @@ class ExplainSettings:
     colormap: str = "jet"
     layer: str | None = None
     task: TaskOptions = field(default_factory=TaskOptions)
+    outputs: tuple[str, ...] = OUTPUT_KINDS
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.outputs if kind not in OUTPUT_KINDS]
+        if unknown or not self.outputs:
+            raise ValueError(f"outputs must be a non-empty subset of {', '.join(OUTPUT_KINDS)}; got {self.outputs}")
 
     def key(self, model_name: str, layer: str | None) -> dict[str, Any]:
         """What an existing output must have been made with to be reused by a rerun (JSON-normalised).
 
-        The default task is left out, so outputs of versions without tasks stay reusable."""
+        The default task and outputs are left out, so outputs of versions without them stay reusable."""
         data = asdict(self)
         if self.task == TaskOptions():
             data.pop("task")
+        if set(self.outputs) == set(OUTPUT_KINDS):
+            data.pop("outputs")
         return json.loads(json.dumps({"model": model_name, "layer": layer, **data}))
 
 
@@ -639,69 +652,56 @@ def _mark(picture: Image.Image, marks: dict[str, Any]) -> Image.Image:
 
 def _write_item(
     item_dir: Path,
-    original: Image.Image,
+    original: Image.Image | None,
     maps: dict[str, torch.Tensor],
     targets: ItemTargets,
     scores: dict[str, list[float]],
     settings: ExplainSettings,
 ) -> list[dict[str, Any]]:
-    """Draw and write one image's outputs; ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
+    """Draw and write one image's outputs (those in ``settings.outputs``; a file not written is recorded
+    as None); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
     outputs = []
-    tile_height = min(original.height, PANEL_TILE_HEIGHT)
+    kinds = set(settings.outputs)
+    drawn = bool(kinds & {"overlay", "panel"})
     for j, (target_id, label) in enumerate(zip(targets.ids, targets.labels)):
         marks = targets.marks[j] if targets.marks else {}
-        tiles, titles = [_mark(original, marks) if marks else original], ["Original"]
+        tiles, titles = [_mark(original, marks) if marks and drawn else original], ["Original"]
         for name, method_maps in maps.items():
             on_original = method_maps[j]
             stem = f"{name}_{target_id}_{_slug(label)}"
-            if on_original.dim() == 3:
-                picture = draw.gradient_image(on_original)
-            else:
-                picture = draw.overlay(original, on_original.numpy(), settings.alpha, settings.colormap)
-            if marks:
-                picture = _mark(picture, marks)
-            overlay_path = save_png_atomic(item_dir / f"{stem}.png", picture)
-            heatmap_path = save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy())
-            tiles.append(picture)
-            titles.append(f"{TITLES.get(name, name)}: {label}")
             output = {"method": name, "target": target_id, "label": label, "score": scores[name][j]}
             output.update(targets.extras[j] if targets.extras else {})
-            output.update({"overlay": str(overlay_path), "heatmap": str(heatmap_path)})
+            output.update({"overlay": None, "heatmap": None, "panel": None})
+            if drawn:
+                if on_original.dim() == 3:
+                    picture = draw.gradient_image(on_original)
+                else:
+                    picture = draw.overlay(original, on_original.numpy(), settings.alpha, settings.colormap)
+                if marks:
+                    picture = _mark(picture, marks)
+                tiles.append(picture)
+                titles.append(f"{TITLES.get(name, name)}: {label}")
+                if "overlay" in kinds:
+                    output["overlay"] = str(save_png_atomic(item_dir / f"{stem}.png", picture))
+            if "heatmap" in kinds:
+                output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy()))
             outputs.append(output)
-        panel_path = save_png_atomic(
-            item_dir / f"panel_{target_id}_{_slug(label)}.png", draw.panel(tiles, titles, tile_height=tile_height)
-        )
-        for output in outputs[-len(maps) :]:
-            output["panel"] = str(panel_path)
+        if "panel" in kinds:
+            panel = draw.panel(tiles, titles, tile_height=min(original.height, PANEL_TILE_HEIGHT))
+            panel_path = save_png_atomic(item_dir / f"panel_{target_id}_{_slug(label)}.png", panel)
+            for output in outputs[-len(maps) :]:
+                output["panel"] = str(panel_path)
     return outputs
 
 
 def _finish_item(
-    item_dir: Path, record: dict[str, Any], original: Image.Image, maps: dict[str, torch.Tensor],
+    item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor],
     scores: dict[str, list[float]], targets: ItemTargets, settings: ExplainSettings,
 ) -> dict[str, Any]:  # fmt: skip
     """Writer-thread task: every output file, then ``item.json`` last (the item is done once it exists)."""
     record["outputs"] = _write_item(item_dir, original, maps, targets, scores, settings)
     write_json_atomic(item_dir / "item.json", record)
     return record
-
-
-def distributed_rank() -> tuple[int, int]:
-    """``(rank, world size)`` under ``torchrun`` / ``torch.distributed``; ``(0, 1)`` otherwise.
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here if needed: NCCL when
-    CUDA is available, gloo otherwise.
-    """
-    import os
-
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _per_map(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
@@ -763,8 +763,7 @@ def explain_files(
     out_dir = Path(out_dir)
     device = torch.device(device)
     rank, world = distributed_rank()
-    if world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    device = rank_device(device, rank, world)
     report = report or (lambda line, is_error: None)
     summary = JobSummary()
     root = common_root(paths) if paths else Path(".")
@@ -818,6 +817,7 @@ def explain_files(
         bar.update(1)
 
     pool = _writer_pool(writers)
+    drawn = bool(set(settings.outputs) & {"overlay", "panel"})
     try:
         for batch in loader:
             for index, error in batch["failures"]:
@@ -846,10 +846,11 @@ def explain_files(
                         name: geometry.to_original(_per_map(e.heatmap, multi[name])[row].float()).cpu()
                         for name, e in results.items()
                     }
-                    original = Image.fromarray(batch["originals"][at].numpy())
+                    pixels = batch["originals"][at]
+                    original = Image.fromarray(pixels.numpy()) if drawn else None  # not shipped if not drawn
                     record = {
                         "input": str(path),
-                        "size": [original.width, original.height],
+                        "size": [int(pixels.shape[1]), int(pixels.shape[0])],
                         "predictions": targets.predictions,
                         "classes": targets.classes,
                         "layer": explainers.layer,
@@ -883,20 +884,14 @@ def explain_files(
             "failed": summary.failures,
         }
         write_json_atomic(out_dir / "manifest.json", manifest)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _merge_ranks(summary: JobSummary, records: dict[str, dict[str, Any]]) -> JobSummary:
     """Gather every rank's records and counts (all ranks end with the union)."""
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (records, summary.done, summary.failed, summary.failures))
+    gathered = all_gather((records, summary.done, summary.failed, summary.failures))
     merged = JobSummary(skipped=summary.skipped)
     for rank_records, done, failed, failures in gathered:
         records.update(rank_records)

@@ -37,10 +37,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation over the last two dims to [0, 1]; a flat map becomes all zero."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
+    """Per-map min-max normalisation over the last two dims to [0, 1]; a flat map becomes all zero.
+
+    ``(m - min) / (max - min)``, with the division done per map on the (..., 1, 1) statistics so the
+    full-size tensor is touched twice (subtract, multiply) rather than four times.
+    """
+    low, high = torch.aminmax(maps.flatten(-2), dim=-1)
+    span = (high - low)[..., None, None]
+    scale = torch.where(span > 0, 1 / torch.where(span > 0, span, 1), 0)
+    return (maps - low[..., None, None]).mul_(scale)
 
 
 def first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
@@ -74,7 +79,14 @@ def check_input(x: Any, model: nn.Module) -> torch.Tensor:
 
 
 def require_finite(x: torch.Tensor) -> None:
-    """Raise :class:`InputError` if ``x`` holds NaN or infinite values (a device sync on accelerators)."""
+    """Raise :class:`InputError` if ``x`` holds NaN or infinite values (a device sync on accelerators).
+
+    One reduction: ``sum(x)`` is finite whenever every element is (NaN and inf propagate through a
+    sum); only when it is not (a true non-finite value, or an overflow of huge finite values) is the
+    exact element-wise test run, so the answer is always the element-wise one.
+    """
+    if bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         raise InputError("x contains NaN or infinite values")
 
