@@ -6,7 +6,8 @@
 The folder holds ``--images`` JPEGs (640x480, made from the bundled photos with random crops and
 flips). The floor is the model's ``torch.inference_mode()`` forward on ready tensors of the same batch
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
-writes an overlay PNG, a .npy map, a panel and item.json per image.
+writes an overlay PNG, a .npy map, a panel and item.json per image (``--outputs all``), or only the
+files named (``--outputs heatmap``: the .npy maps and item.json); each ``;``-separated choice is a row.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageOps
 
 from gradcam.assets import sample_names, sample_path
 from gradcam.jobs import ExplainSettings, explain_files
+from gradcam.jobs.explain import OUTPUT_KINDS
 from gradcam.models import load_model
 
 
@@ -67,26 +69,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--outputs", default="all;heatmap", help="';'-separated rows: 'all' or a comma list")
     args = parser.parse_args()
     device = torch.device(args.device)
     loaded = load_model()
     loaded.model.to(device)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_folder(Path(tmp) / "in", args.images) if (Path(tmp) / "in").mkdir() is None else []
+        (Path(tmp) / "in").mkdir()
+        paths = make_folder(Path(tmp) / "in", args.images)
         floor = forward_throughput(loaded.model, args.batch, loaded.preprocess.input_size, device, rounds=10)
-        explain_files(paths[: 2 * args.batch], loaded, ExplainSettings(methods=(args.method,)), Path(tmp) / "warm",
-                      batch_size=args.batch, device=device, workers=args.workers, writers=args.writers,
-                      progress=False)  # fmt: skip
-        summary = explain_files(paths, loaded, ExplainSettings(methods=(args.method,)), Path(tmp) / "out",
-                                batch_size=args.batch, device=device, workers=args.workers, writers=args.writers,
-                                progress=False)  # fmt: skip
-    rate = summary.done / summary.seconds
-    print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {args.workers}, writers {args.writers}")
+        for choice in args.outputs.split(";"):
+            kinds = OUTPUT_KINDS if choice == "all" else tuple(choice.split(","))
+            settings = ExplainSettings(methods=(args.method,), outputs=kinds)
+            run = dict(batch_size=args.batch, device=device, workers=args.workers, writers=args.writers, progress=False)
+            explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / f"warm-{choice}", **run)
+            summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{choice}", **run)
+            rows.append((choice, summary.done, summary.done / summary.seconds))
+    print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {args.workers}, writers {args.writers}, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print("| what | images/s | ratio to forward |")
     print("|---|---|---|")
     print(f"| inference forward on ready tensors | {floor:.1f} | 1.00 |")
-    print(f"| gradcam explain DIR ({args.method}, {summary.done} JPEGs, all outputs written) | {rate:.1f} | "
-          f"{rate / floor:.2f} |")  # fmt: skip
+    for choice, done, rate in rows:
+        what = f"gradcam explain DIR ({args.method}, {done} JPEGs, outputs: {choice})"
+        print(f"| {what} | {rate:.1f} | {rate / floor:.2f} |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ bilinear upsampling to the input size; per-map min-max normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ def run_model(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, An
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"the model's forward pass failed on x of shape {tuple(x.shape)}: {first}") from error
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is (or contains) a ``torch.compile`` wrapper."""
+    return any(hasattr(module, "_orig_mod") for module in model.modules())
+
+
+def compile_friendly():
+    """While a ``torch.compile``'d model compiles inside an explanation, keep its backward callable more
+    than once (no donated buffers), so k targets can fall back to k backward passes when the compiled
+    backward cannot be vmapped. A no-op for eager models and for torch versions without the option."""
+    config = getattr(getattr(torch, "_functorch", None), "config", None)
+    if config is None or not hasattr(config, "donated_buffer"):
+        return contextlib.nullcontext()
+    return config.patch(donated_buffer=False)
 
 
 def finish(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
@@ -218,10 +234,17 @@ class LayerMethod(Explainer):
         Call inside ``model_guard`` and ``torch.inference_mode(False)``.
         """
         name, layer = self._resolve(x, forward_kwargs)
-        with torch.no_grad(), capture_layer(layer, name, record_graph=record_graph) as capture:
+        with torch.no_grad(), compile_friendly(), capture_layer(layer, name, record_graph=record_graph) as capture:
             output = run_model(self.model, x, forward_kwargs)
         if capture.activations is None:
-            raise LayerError(f"layer '{name}' was not called during the forward pass")
+            hint = ""
+            if is_compiled(self.model):
+                hint = (
+                    "; the model is torch.compile'd and was compiled before this explainer's hook existed, so "
+                    "the compiled graph skips it: create the explainer before the first compiled call, or "
+                    "explain the eager module (model._orig_mod)"
+                )
+            raise LayerError(f"layer '{name}' was not called during the forward pass{hint}")
         return name, capture.activations, output
 
     def _rescorer(
@@ -361,7 +384,8 @@ def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) 
 
     Images are independent in eval mode, so the gradient of the batch sum gives every image's own
     gradient; the k columns share one vectorised backward pass (``is_grads_batched``) through the
-    (small) part of the network after the layer, with no retained graph.
+    (small) part of the network after the layer. Where that backward cannot be vmapped (a
+    ``torch.compile``'d model's kernels), the k columns take k backward passes over one graph.
     """
     if not scores.requires_grad:
         raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
@@ -371,8 +395,19 @@ def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) 
         grads = None if grad is None else grad.unsqueeze(1)
     else:  # all k columns in ONE backward pass, vectorised over one-hot grad_outputs
         one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device).unsqueeze(1).expand(k, batch, k)
-        (grad,) = torch.autograd.grad(scores, activations, one_hot, is_grads_batched=True, allow_unused=True)
-        grads = None if grad is None else grad.transpose(0, 1)
+        try:
+            (grad,) = torch.autograd.grad(
+                scores, activations, one_hot, is_grads_batched=True, allow_unused=True, retain_graph=True
+            )
+            grads = None if grad is None else grad.transpose(0, 1)
+        except RuntimeError as error:  # a backward vmap cannot batch (torch.compile's out= kernels)
+            if "atching rule" not in str(error) and "vmap" not in str(error):
+                raise
+            columns = [
+                torch.autograd.grad(scores[:, j].sum(), activations, retain_graph=j < k - 1, allow_unused=True)[0]
+                for j in range(k)
+            ]
+            grads = None if columns[0] is None else torch.stack(columns, dim=1)
     if grads is None:
         raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
     return grads
