@@ -99,3 +99,33 @@ def test_word_target_positions_can_be_batched(captioner: SceneCaptioner) -> None
     both = cam(x, WordTarget(tokens, [1, 2, 5]), forward_kwargs={"tokens": tokens})
     one = cam(x[1:], WordTarget(tokens[1:], [1, 2, 5]), forward_kwargs={"tokens": tokens[1:]})
     assert torch.allclose(both.heatmap[1], one.heatmap[0], atol=1e-5)
+
+
+def _readout_row(model: SceneVQA, answer: int) -> torch.Tensor:
+    """``(W - G W)[answer] * scale / 64``: the centred readout row, spread over the 8 x 8 cells."""
+    weight = model.readout.weight - model.groups @ model.readout.weight
+    return weight[answer] * model.feature_scale / 64
+
+
+@pytest.mark.parametrize("keys, values, exact", [("linear", "positions", True), ("cells", "cells", False)])
+def test_readout_fusion_gradcam_weights_are_the_answer_readout(keys: str, values: str, exact: bool) -> None:
+    """Softmax attention's gradients sum to 0 over the cells, so with keys linear in A (the same Jacobian
+    in every cell) and hops that pass on only positions, Grad-CAM's alpha is exactly the answer's readout
+    row / 64; tanh keys and cell values break the identity (at random weights, by about 1e-4)."""
+    torch.manual_seed(0)
+    model = SceneVQA(fusion="readout", keys=keys, values=values, feature_scale=1.0).eval()
+    x = torch.cat([scene_tensor(4), scene_tensor(9)])
+    question = model.question_kwargs("what colour is left of the circle", batch=2)
+    e = GradCAM(model, "encoder")(x, torch.tensor([0, 7]), forward_kwargs=question)
+    expected = torch.stack([_readout_row(model, 0), _readout_row(model, 7)]).detach()
+    error = float((e.weights - expected).abs().max() / expected.abs().max())
+    assert (error < 1e-6) if exact else (error > 1e-5)
+
+
+def test_shipped_vqa_gradcam_weights_are_the_answer_readout(vqa: SceneVQA) -> None:
+    scene = make_scene(HELDOUT_SEED, 21)
+    e = explain_answer(vqa, scene_tensor(21), f"what shape is the {scene.objects[1].colour} object", guided=False)
+    cam = GradCAM(vqa, "encoder")
+    weights = cam(scene_tensor(21), e.answer_index, forward_kwargs=vqa.question_kwargs(e.question)).weights[0]
+    expected = _readout_row(vqa, e.answer_index).detach()
+    assert float((weights - expected).abs().max() / expected.abs().max()) < 1e-6

@@ -9,7 +9,9 @@ from gradcam.errors import InputError
 from gradcam.language.scenes import (
     BACKGROUND,
     COLOURS,
+    IMAGE_SIZE,
     NOISE_STD,
+    TRAIN_SEED,
     Scene,
     SceneDataset,
     SceneObject,
@@ -17,6 +19,7 @@ from gradcam.language.scenes import (
     object_mask,
     render,
 )
+from gradcam.language.training import ENCODER_LABEL_SETS, occlude, scene_labels
 from gradcam.language.vocab import ANSWERS, CAPTION_VOCAB, QUESTION_VOCAB, pad_batch, split_words
 
 
@@ -105,3 +108,25 @@ def test_vocabularies_encode_decode_and_name_unknown_words() -> None:
     assert set(ANSWERS) == {*COLOURS, "circle", "square", "triangle", "small", "large"}
     padded = pad_batch([[5, 6, 7], [8]])
     assert padded.tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_pretraining_labels_and_cutout() -> None:
+    scenes = [make_scene(TRAIN_SEED, i) for i in range(6)]
+    pairs = scene_labels(scenes, "pairs")
+    assert pairs.shape == (6, len(ENCODER_LABEL_SETS["pairs"])) == (6, 10 + 15 + 10 + 6)
+    first = scenes[0].objects[0]
+    column = ENCODER_LABEL_SETS["pairs"].index((first.colour, first.shape))
+    # each object has 3 attributes and 3 pairs of them; only sizes repeat within a scene
+    expected = [5 * len(s.objects) + len({o.size for o in s.objects}) for s in scenes]
+    assert pairs[0, column] == 1 and pairs.sum(1).int().tolist() == expected
+    images = torch.ones(6, 3, IMAGE_SIZE, IMAGE_SIZE)
+    occluded, visible = occlude(images, scenes, rate=1.0, seed=3)
+    assert torch.equal(images, torch.ones_like(images))  # the input is left as it was
+    for image, scene, flags in zip(occluded, scenes, visible):
+        side = int((image[0] == 0).sum()) ** 0.5
+        assert side == int(side) and 8 <= side <= 20  # one square of background
+        for obj, flag in zip(scene.objects, flags):
+            mask = object_mask(obj)
+            assert flag == (float((image[0][mask] != 0).sum()) >= 0.5 * float(mask.sum()))
+    hidden = scene_labels(scenes, "attributes", [[False] * len(s.objects) for s in scenes])
+    assert not bool(hidden.any())  # labels come from the visible objects only

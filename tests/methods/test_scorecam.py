@@ -129,3 +129,70 @@ def test_bad_options_name_the_argument(gap_net):
         gradcam.ScoreCAM(gap_net, weighting="mean")
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
         gradcam.ScoreCAM(gap_net, batch_size=0)
+
+
+class TwoObjects(nn.Module):
+    """x (B, 2, 4, 4) -> features = x (1x1 identity conv) -> GAP -> logits = 20 * channel means: channel 0
+    is the evidence for class 0 (object A, left half), channel 1 for class 1 (object B, right half)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.head.weight.copy_(20 * torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_probability_weights_barely_depend_on_the_class():
+    # The synthetic benchmark's 50 % / 50 % for Score-CAM on two-object images is the method, not a bug:
+    # M_0 keeps object A only (logits 10, 0) and M_1 object B only (0, 10), the most class-specific case
+    # there is; yet softmax over channels of probabilities in [0, 1] gives weights within a factor e.
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, :, :2] = 1.0
+    x[0, 1, :, 2:] = 1.0
+    p = sigmoid(10)  # probability of the kept object's class; 1 - p for the other
+    probability = gradcam.ScoreCAM(TwoObjects(), "features")(x, torch.tensor([[0, 1]]))
+    torch.testing.assert_close(probability.weights[0, 0], softmax([p, 1 - p]))  # [0.731, 0.269]
+    torch.testing.assert_close(probability.weights[0, 1], softmax([1 - p, p]))
+    assert probability.weights[0, 0, 0] / probability.weights[0, 0, 1] < math.e
+    logit = gradcam.ScoreCAM(TwoObjects(), "features", score="logit")(x, torch.tensor([[0, 1]]))
+    torch.testing.assert_close(logit.weights[0, 0], softmax([10.0, 0.0]))  # [0.99995, 0.00005]
+    assert logit.weights[0, 0, 0] / logit.weights[0, 0, 1] > 2e4
+
+
+def test_probability_weights_are_within_a_factor_e_of_each_other_on_any_model(gap_net):
+    # alpha_k / alpha_j = exp(p_k - p_j) with p in [0, 1]: with K channels every weight lies in
+    # [1 / (1 + (K - 1) e), e / (e + K - 1)], so with many channels the map is nearly their plain sum
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 8, 8)
+    weights = gradcam.ScoreCAM(gap_net, "body")(x, [0, 1, 2]).weights
+    channels = weights.shape[-1]
+    assert float((weights.amax(-1) / weights.amin(-1)).max()) <= math.e
+    assert float(weights.amax()) <= math.e / (math.e + channels - 1) + 1e-7
+    assert float(weights.amin()) >= 1 / (1 + (channels - 1) * math.e) - 1e-7
+
+
+def test_on_the_synthetic_cnn_probability_weights_are_nearly_uniform_and_logit_weights_are_not():
+    # docs/evaluation.md, "which method when": on a two-object image the probability-scored maps of
+    # the two classes are the same map (both peak on one object), the logit-scored ones are not
+    from gradcam.evaluation import load_synthetic_model, synthetic_items
+    from gradcam.imaging.geometry import preprocess
+
+    loaded = load_synthetic_model()
+    scene = next(item for item in synthetic_items(20, seed=1) if len({c for c, _ in item.objects}) == 2)
+    x, _ = preprocess(scene.load(), loaded.preprocess)
+    classes = torch.tensor([[scene.objects[0][0], scene.objects[1][0]]])
+
+    def maps_and_weights(score: str) -> tuple[float, float]:
+        e = gradcam.ScoreCAM(loaded.model, loaded.default_layer, score=score, batch_size=96)(x[None], classes)
+        a, b = e.raw[0, 0].flatten(), e.raw[0, 1].flatten()
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1]), float((e.weights.amax(-1) / e.weights.amin(-1)).max())
+
+    correlation, spread = maps_and_weights("probability")
+    assert correlation > 0.999 and spread < 1.1  # 96 channels, every weight within 10 % of 1/96
+    correlation, spread = maps_and_weights("logit")
+    assert correlation < 0.9 and spread > 10

@@ -2,7 +2,9 @@
 
 Over an ImageNet-format folder (images + PASCAL-VOC XML with WordNet ids) or ``--synthetic`` (generated
 shapes with exact boxes, explained by the synthetic CNN shipped with gradcam). Prints a table and
-writes CSV/JSON per image and per method, deletion/insertion curves and best/worst examples.
+writes CSV/JSON per image and per method, deletion/insertion curves, every method's maps of the same
+images and best/worst examples. Every batch's results are kept in ``OUT/partial/`` so that a rerun
+resumes; under ``torchrun`` each rank evaluates its own batches and rank 0 writes the merged outputs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baselines", action="store_true", help="leave out the centre/whole-image/random baselines")
     parser.add_argument("--out", default="gradcam-eval", metavar="DIR", help="output folder (default gradcam-eval)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recompute every batch (ignore partial results in OUT/partial)"
+    )
+    parser.add_argument(
+        "--figure-images", type=int, default=4, metavar="N",
+        help="images in methods.png, every method's map side by side (half with one class; default 4)",
+    )  # fmt: skip
     group = parser.add_argument_group("localization and pointing")
     group.add_argument("--threshold", type=float, default=0.15, help="box threshold, fraction of the max (0.15)")
     group.add_argument("--iou", type=float, default=0.5, help="IoU for a correct box (0.5)")
@@ -99,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.runner import TASKS
 
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
+    if args.figure_images < 0:
+        raise CLIError(f"--figure-images must be >= 0; got {args.figure_images}")
     for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride"):
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.synthetic and args.path:
@@ -146,24 +157,32 @@ def run(args: argparse.Namespace) -> int:
         fill=args.fill,
         batch_size=args.batch_size,
         faithfulness_images=args.faithfulness_images or defaults["faithfulness_images"],
+        figure_images=args.figure_images,
     )
 
     def report(line: str) -> None:
         print(f"gradcam evaluate: {line}", file=sys.stderr)
 
     from ..errors import GradCAMError
+    from ..jobs.distributed import distributed_rank
 
+    out = Path(args.out)
     try:
         result = evaluate(
-            loaded, items, settings, device=device, progress=not args.quiet and sys.stderr.isatty(), report=report
-        )
+            loaded, items, settings, device=device, progress=not args.quiet and sys.stderr.isatty(), report=report,
+            resume=out / "partial", overwrite=args.overwrite,
+        )  # fmt: skip
     except (GradCAMError, ValueError) as error:
         raise CLIError(str(error)) from None
-    out = Path(args.out)
+    if distributed_rank()[0] != 0:  # under torchrun, rank 0 writes and reports for everyone
+        return 0
     written = write_report(result, out, plots=not args.no_plots)
     print(describe(result))
     print()
     print(format_table(result))
     print()
-    print(f"per-image and per-method CSV/JSON, curves and examples in {out}/ ({len(written)} files)")
+    print(
+        f"{result.evaluated_images} images evaluated, {result.reused_images} reused from {out / 'partial'}/; "
+        f"per-image and per-method CSV/JSON, figures and examples in {out}/ ({len(written)} files)"
+    )
     return 0

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..capture import model_guard
 from ..targets import OutputSelector, select_output
+from .state import Mergeable
 
 SCORES = ("probability", "logit")
 BASELINES = ("zero", "mean", "blur")
@@ -196,7 +197,7 @@ def perturbation_curves(
     return curves, counts.float() / size
 
 
-class DeletionInsertion:
+class DeletionInsertion(Mergeable):
     """Deletion and insertion AUC (RISE, Petsiuk et al. 2018): lower deletion AUC and higher insertion
     AUC mean a more faithful map. ``update`` returns one record per image; ``summary`` the mean AUCs and
     the mean curves (``curves``), for plots."""
@@ -222,13 +223,31 @@ class DeletionInsertion:
 
     def reset(self) -> None:
         self.records: list[dict[str, Any]] = []
-        self._curves: dict[str, list[torch.Tensor]] = {"deletion": [], "insertion": []}
+        # per mode: the sum of the curves (float64) of the `curve_count` images sampled at `fractions`
+        self.curve_sums: dict[str, torch.Tensor] = {}
+        self.curve_count = 0
         self.fractions: torch.Tensor | None = None
+
+    def _add_curves(self, sums: dict[str, torch.Tensor], count: int, fractions: torch.Tensor | None) -> None:
+        """Add ``count`` curves summed to ``sums``, sampled at ``fractions``; the first size seen is kept
+        (curves of images of another size are left out of the mean)."""
+        if fractions is None or count == 0:
+            return
+        if self.fractions is None:
+            self.fractions = fractions
+        if self.fractions.numel() != fractions.numel():
+            return
+        for mode, total in sums.items():
+            self.curve_sums[mode] = self.curve_sums.get(mode, 0.0) + total
+        self.curve_count += count
+
+    def merge_extra(self, other: DeletionInsertion) -> None:
+        self._add_curves(other.curve_sums, other.curve_count, other.fractions)
 
     def update(
         self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor | Sequence[int]
     ) -> list[dict[str, Any]]:
-        areas = {}
+        areas, sums = {}, {}
         for mode, baseline in (("deletion", self.deletion_baseline), ("insertion", self.insertion_baseline)):
             curves, fractions = perturbation_curves(
                 model,
@@ -244,18 +263,17 @@ class DeletionInsertion:
                 seed=self.seed,
             )
             areas[mode] = auc(curves, fractions).tolist()
-            if self.fractions is None:
-                self.fractions = fractions.cpu()
-            if self.fractions.numel() == fractions.numel():
-                self._curves[mode].append(curves.cpu())
+            sums[mode] = curves.double().sum(dim=0).cpu()
+        self._add_curves(sums, x.shape[0], fractions.cpu())
         records = [{"deletion_auc": d, "insertion_auc": i} for d, i in zip(areas["deletion"], areas["insertion"])]
         self.records.extend(records)
         return records
 
     def mean_curve(self, mode: str) -> torch.Tensor | None:
         """The mean ``mode`` curve over every image seen (images of another size are left out)."""
-        curves = self._curves[mode]
-        return torch.cat(curves).mean(dim=0) if curves else None
+        if mode not in self.curve_sums:
+            return None
+        return (self.curve_sums[mode] / self.curve_count).float()
 
     def summary(self) -> dict[str, Any]:
         def mean(key: str) -> float:
@@ -272,7 +290,7 @@ class DeletionInsertion:
 # ------------------------------------------------------------------------------ confidence change
 
 
-class ConfidenceChange:
+class ConfidenceChange(Mergeable):
     """Average Drop % and Increase in Confidence % (Chattopadhyay et al., Grad-CAM++, WACV 2018, §5.1).
 
     The explanation image keeps the image where the map is high: ``E = L ∘ I`` with the map ``L`` in
@@ -420,7 +438,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / denominator)
 
 
-class OcclusionCorrelation:
+class OcclusionCorrelation(Mergeable):
     """Rank correlation between maps and occlusion maps (Selvaraju et al. 2017, §5.3 "Faithfulness vs.
     Interpretability"): Spearman's rho over the pixels of each image, averaged over images (images where
     either map is constant are skipped and counted in ``undefined``)."""

@@ -25,6 +25,7 @@ import torch
 
 from ..imaging.geometry import Geometry
 from .regions import box_iou, box_mask, map_to_box, map_to_boxes, peak_point, point_box_distance
+from .state import Mergeable
 
 Truth = Sequence[tuple[int, Sequence[float]]]
 
@@ -99,7 +100,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-class LocalizationError:
+class LocalizationError(Mergeable):
     """Weakly-supervised localization error, ILSVRC protocol (Selvaraju et al. 2017, §4.1; ILSVRC devkit).
 
     For each image the maps of the top-k *predicted* classes (best first) are thresholded at
@@ -127,6 +128,11 @@ class LocalizationError:
     def reset(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.k: int | None = None
+
+    def merge_extra(self, other: LocalizationError) -> None:
+        """k is the smallest number of predictions any batch had."""
+        if other.k is not None:
+            self.k = other.k if self.k is None else min(self.k, other.k)
 
     def update(
         self,
@@ -194,7 +200,7 @@ class LocalizationError:
 SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
 
 
-class BoxAccuracy:
+class BoxAccuracy(Mergeable):
     """Ground-truth-known localization accuracy (Zhou et al. 2016 CAM; Choe et al. 2020 "GT-known Loc").
 
     Each map explains a class *present* in the image; its box (threshold + largest segment, as in
@@ -289,7 +295,7 @@ class BoxAccuracy:
         return out
 
 
-class PointingGame:
+class PointingGame(Mergeable):
     """Pointing game (Zhang et al., ECCV 2016 / IJCV 2018; TorchRay's benchmark).
 
     Each map explains a class present in the image. Its maximum (:func:`.regions.peak_point`, mapped
@@ -365,7 +371,7 @@ class PointingGame:
         }
 
 
-class BoxEnergy:
+class BoxEnergy(Mergeable):
     """How much of a map lies in the ground-truth box of its class.
 
     - ``energy = sum_{in box} L / sum L`` (the energy-based pointing game of Score-CAM, Wang et al.
@@ -386,6 +392,9 @@ class BoxEnergy:
     def reset(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.empty = 0
+
+    def merge_extra(self, other: BoxEnergy) -> None:
+        self.empty += other.empty
 
     def update(
         self,

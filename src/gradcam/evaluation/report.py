@@ -1,8 +1,9 @@
 """Tables, CSV/JSON files and figures for an :class:`~.runner.EvaluationResult`.
 
 Figures: the mean deletion and insertion curves of every method (matplotlib when installed, otherwise
-drawn with PIL), and for every method its best and worst box with the map, the ground-truth box
-(green) and the predicted box (red), drawn with :mod:`gradcam.imaging.draw`.
+drawn with PIL); for every method its best and worst box with the map, the ground-truth box (green)
+and the predicted box (red); and ``methods.png``, every method's map of the same images side by side
+(one row per image and class). Maps are drawn with :mod:`gradcam.imaging.draw`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..imaging import draw
+from ..imaging.geometry import Geometry
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
-from .runner import EvaluationResult, Example
+from .runner import EvaluationResult, Example, FigureRow
 
 logger = logging.getLogger("gradcam")
 
@@ -47,6 +50,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "average_drop": ("Avg. drop % ↓", "{:.1f}"),
     "increase_in_confidence": ("Increase % ↑", "{:.1f}"),
     "rank_correlation": ("Rank corr. occlusion ↑", "{:.3f}"),
+    "cost": ("Cost (forward passes) ↓", "{:.1f}"),
 }
 
 TASK_COLUMNS = {
@@ -65,7 +69,10 @@ HEADLINE_COLUMNS = (
     "deletion_auc",
     "insertion_auc",
     "average_drop",
+    "cost",
 )
+#: Height of each tile of ``methods.png`` (images are scaled to it, aspect kept).
+METHODS_TILE_HEIGHT = 160
 _CURVE_COLOURS = (
     (31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
@@ -76,6 +83,7 @@ def table_columns(result: EvaluationResult) -> list[str]:
     """The columns for this run: the headline set when every task ran, else each task's own."""
     tasks = result.settings.tasks
     columns = list(HEADLINE_COLUMNS) if len(tasks) == 3 else [c for task in tasks for c in TASK_COLUMNS[task]]
+    columns.append("cost")
     present = {key for m in result.methods for key in m.summary}
     return [c for c in dict.fromkeys(columns) if c in present]
 
@@ -111,7 +119,9 @@ def describe(result: EvaluationResult) -> str:
     cls = result.classification
     accuracy = ", ".join(f"{key.replace('_', ' ')} {value:.1f} %" for key, value in cls.items() if key != "images")
     parts = [
-        f"model {result.model}, {result.images} images ({accuracy}), {result.seconds:.0f} s",
+        f"model {result.model}, {result.images} images ({accuracy}), {result.seconds:.0f} s"
+        + (f" on {result.world} processes" if result.world > 1 else "")
+        + (f" ({result.reused_images} images' results reused from a previous run)" if result.reused_images else ""),
         f"boxes: threshold {s.threshold:g} of the max, largest {s.connectivity}-connected segment, IoU >= {s.iou:g}",
         f"pointing tolerance {s.tolerance:g} px",
     ]
@@ -162,7 +172,8 @@ def summary_rows(result: EvaluationResult) -> list[dict[str, Any]]:
 
 def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: bool = True) -> dict[str, Path]:
     """Write ``summary.json``, ``summary.csv``, ``per_image.csv``, ``per_image.json``, ``table.md``,
-    ``curves.json`` and, with ``plots``, ``curves.png`` and ``examples/<method>.png``. Returns the paths."""
+    ``curves.json`` and, with ``plots``, ``curves.png``, ``methods.png`` and ``examples/<method>.png``.
+    Returns the paths."""
     out = Path(out)
     written: dict[str, Path] = {}
     rows = summary_rows(result)
@@ -174,6 +185,8 @@ def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: b
                 "model": result.model,
                 "images": result.images,
                 "seconds": round(result.seconds, 1),
+                "processes": result.world,
+                "reused_images": result.reused_images,
                 "classification": result.classification,
                 "settings": settings,
                 "methods": rows,
@@ -190,6 +203,8 @@ def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: b
     if plots:
         if result.curves:
             written["curves.png"] = save_png_atomic(out / "curves.png", plot_curves(result))
+        if figure_columns(result) and result.figure:
+            written["methods.png"] = save_png_atomic(out / "methods.png", methods_figure(result))
         for name, kept in result.examples.items():
             if kept:
                 title = next((m.title for m in result.methods if m.name == name), name)
@@ -206,6 +221,39 @@ def _class_name(index: int, labels: Sequence[str] | None) -> str:
     return labels[index] if labels is not None and 0 <= index < len(labels) else f"class {index}"
 
 
+def map_on_image(image: Image.Image, geometry: Geometry, heatmap: torch.Tensor, alpha: float = 0.5) -> Image.Image:
+    """An input-frame (H, W) map in [0, 1] mapped back onto the original image and overlaid (jet)."""
+    return draw.overlay(image, geometry.to_original(heatmap.float()).clamp(0, 1).numpy(), alpha)
+
+
+def figure_columns(result: EvaluationResult) -> list[tuple[str, str]]:
+    """``(name, title)`` of the methods drawn in ``methods.png``: every evaluated method, baselines left out."""
+    return [(m.name, m.title) for m in result.methods if not m.is_baseline and not m.error]
+
+
+def _row_title(row: FigureRow, labels: Sequence[str] | None) -> str:
+    return f"{row.name.rsplit('/', 1)[-1]}: {_class_name(row.cls, labels)}" + (" (of 2+)" if row.several else "")
+
+
+def methods_figure(result: EvaluationResult, tile_height: int = METHODS_TILE_HEIGHT) -> Image.Image:
+    """Every method's map of the same images: one row per (image, class) of ``result.figure`` holding the
+    original and then, per method of :func:`figure_columns`, its map of that class overlaid
+    (:func:`map_on_image`), each row a :func:`gradcam.imaging.draw.panel` titled by method; rows are
+    stacked top to bottom on white, left-aligned."""
+    columns = figure_columns(result)
+    rows = []
+    for row in result.figure:
+        tiles = [row.image] + [map_on_image(row.image, row.geometry, row.maps[name]) for name, _ in columns]
+        titles = [_row_title(row, result.labels)] + [title for _, title in columns]
+        rows.append(draw.panel(tiles, titles, tile_height=tile_height))
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    top = 0
+    for picture in rows:
+        canvas.paste(picture, (0, top))
+        top += picture.height
+    return canvas
+
+
 def example_panel(kept: dict[str, Example], title: str, labels: Sequence[str] | None = None) -> Image.Image:
     """Best and worst case of one method: the map over the image, ground truth green, prediction red."""
     tiles, titles = [], []
@@ -213,8 +261,7 @@ def example_panel(kept: dict[str, Example], title: str, labels: Sequence[str] | 
         example = kept.get(kind)
         if example is None:
             continue
-        on_original = example.geometry.to_original(example.heatmap.float()).clamp(0, 1)
-        picture = draw.overlay(example.image, on_original.numpy(), 0.5)
+        picture = map_on_image(example.image, example.geometry, example.heatmap)
         for box in example.truths:
             picture = draw.draw_box(picture, box, (0, 255, 0), 2)
         if all(math.isfinite(v) for v in example.box):

@@ -9,7 +9,9 @@ Baselines, which never look at the model:
 - ``center``: 1 inside a centred box covering the middle half of each side, 0 elsewhere (the "centre"
   baseline of Zhang et al. 2016); its localization box is that box, its point the image centre.
 - ``whole-image``: a constant map; its box is the whole image, its point the centre.
-- ``random``: uniform noise on a coarse grid (14 x 14, like a CAM), bilinearly upsampled; seeded.
+- ``random``: uniform noise on a coarse grid (14 x 14, like a CAM), bilinearly upsampled; seeded by
+  ``(seed, first)``, the index of the batch's first image, so a batch gets the same noise whichever
+  process (rank, rerun) evaluates it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class MapSource:
     def layer(self) -> str | None:
         return None
 
-    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def maps(self, x: torch.Tensor, classes: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """(B, k, H, W) maps of ``classes`` for the batch ``x``, whose first image is image ``first`` of the run."""
         raise NotImplementedError
 
 
@@ -73,7 +76,7 @@ class MethodSource(MapSource):
     def layer(self) -> str | None:
         return getattr(self.explainer, "layer_name", None)
 
-    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def maps(self, x: torch.Tensor, classes: torch.Tensor, first: int = 0) -> torch.Tensor:
         explanation = self.explainer(x, classes, **(self.call_options or {}))
         heatmap = explanation.heatmap
         if heatmap.dim() == 4 and heatmap.shape[:2] != classes.shape:  # a method that ignored the k axis
@@ -93,9 +96,8 @@ class BaselineSource(MapSource):
     def __post_init__(self) -> None:
         if self.name not in BASELINES:
             raise ValueError(f"unknown baseline {self.name!r}; available: {', '.join(BASELINES)}")
-        self._generator = torch.Generator().manual_seed(self.seed)
 
-    def maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def maps(self, x: torch.Tensor, classes: torch.Tensor, first: int = 0) -> torch.Tensor:
         batch, k = classes.shape
         height, width = x.shape[-2:]
         if self.name == "whole-image":
@@ -105,7 +107,8 @@ class BaselineSource(MapSource):
             top, left = round(height * (1 - self.fraction) / 2), round(width * (1 - self.fraction) / 2)
             out[..., top : height - top, left : width - left] = 1.0
             return out
-        noise = torch.rand(batch * k, 1, self.grid, self.grid, generator=self._generator).to(x.device)
+        generator = torch.Generator().manual_seed((self.seed << 32) + first)
+        noise = torch.rand(batch * k, 1, self.grid, self.grid, generator=generator).to(x.device)
         maps = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
         return maps.view(batch, k, height, width)
 

@@ -4,9 +4,11 @@
   2015): a CNN encodes the image, its last conv feature map ``A`` (B, 32, 8, 8) is flattened into one
   image vector ``v`` that sets the GRU's initial state and is fed with every word; the GRU predicts the
   next word. Grad-CAM explains ``A`` (layer ``"encoder"``).
-- :class:`SceneVQA`: a stacked-attention VQA model (Yang et al. 2016): the same kind of CNN, a GRU
-  question encoder, two attention hops over the 8 x 8 grid that fuse question and image, and an
-  answer classifier. Grad-CAM explains the CNN's output ``A`` (layer ``"encoder"``).
+- :class:`SceneVQA`: the same kind of CNN, a GRU question encoder, two attention hops over the 8 x 8
+  grid (Yang et al. 2016) and, in the shipped form (``fusion="readout"``), the answer read linearly
+  from the CNN channels of the attended cells; ``fusion="attention"`` (an MLP on the attention state)
+  and ``fusion="product"`` (Lu et al. 2015) are the alternatives measured in docs/language.md.
+  Grad-CAM explains the CNN's output ``A`` (layer ``"encoder"``).
 
 Both take 64 x 64 images normalised with :data:`PREPROCESS` (``(pixel - background) / 0.25``).
 """
@@ -26,7 +28,7 @@ from ..capture import model_guard
 from ..errors import InputError
 from ..imaging.geometry import PreprocessConfig
 from .scenes import BACKGROUND
-from .vocab import ANSWERS, BOS, CAPTION_VOCAB, EOS, PAD, QUESTION_VOCAB, Vocabulary, pad_batch
+from .vocab import ANSWER_KINDS, ANSWERS, BOS, CAPTION_VOCAB, EOS, PAD, QUESTION_VOCAB, Vocabulary, pad_batch
 
 logger = logging.getLogger("gradcam")
 
@@ -226,19 +228,43 @@ def _cut_after_eos(tokens: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
     return tokens[:, :last]
 
 
-class SceneVQA(nn.Module):
-    """CNN + GRU question encoder + stacked attention (Yang et al. 2016) + answer classifier.
+def answer_groups(answers: tuple[str, ...]) -> torch.Tensor:
+    """(n, n) averaging matrix ``G`` of the answer kinds: ``G[a, b] = 1 / |kind(a)|`` when answers ``a`` and
+    ``b`` are of the same kind (colours, shapes, sizes; any other answer is its own kind), else 0."""
+    kinds = [next((i for i, group in enumerate(ANSWER_KINDS) if a in group), -1 - j) for j, a in enumerate(answers)]
+    same = torch.tensor([[float(k == m) for m in kinds] for k in kinds])
+    return same / same.sum(1, keepdim=True)
 
-    ``forward(images, question)`` with ``question`` (B, Lq) word ids right-padded with 0 returns answer
-    logits (B, len(ANSWERS)). The 8 x 8 cells of the CNN output ``A`` and their coordinates become
-    ``V = tanh(W [A; x; y])``; the question's GRU state ``u`` attends over them twice (hop ``i``, scaled
-    dot-product attention ``p = softmax((K_i V)^T (Q_i u) / sqrt(d))``, or with ``attention="additive"``
-    ``p = softmax(w_i^T tanh(K_i V + Q_i u))``; then ``u <- u + sum p V``), and an MLP reads the answer
-    off ``u``.
+
+class SceneVQA(nn.Module):
+    """CNN + GRU question encoder + a fusion of question and image + answer logits (B, len(ANSWERS)).
+
+    ``forward(images, question)``, ``question`` (B, Lq) word ids right-padded with 0. The CNN output,
+    times the constant ``feature_scale`` (set at training so that it is O(1)), is ``A`` (B, C, 8, 8);
+    Grad-CAM explains the CNN output (layer ``"encoder"``). ``u0`` is the question's last GRU state.
+
+    Attention hops (fusions "attention" and "readout"): hop ``i`` attends over the 64 cells with scaled
+    dot products ``p = softmax(k_ij . (Q_i u) / sqrt(d))`` (``attention="additive"``:
+    ``p = softmax(w_i^T tanh(k_ij + Q_i u))``), the keys being ``k_ij = K_i V_ij`` of the cells
+    ``V = tanh(W [A; x; y])`` or, with ``keys="linear"``, ``k_ij = K_i [A_ij; x_ij; y_ij]``; then
+    ``u <- u + sum p V`` or, with ``values="positions"``, ``u <- u + P_i sum p (x, y)``. ``fusion``:
+
+    - ``"attention"``: stacked attention (Yang et al. 2016): an MLP reads the answer off ``u``.
+    - ``"readout"`` (shipped): the answer is read from the CNN channels of the last hop's cells,
+      ``c = sum_ij p_ij A_ij``: ``logits = (W - G W) c + b(u0)``, a linear readout centred within each
+      answer kind (``G``: :func:`answer_groups`; the softmax over answers is blind to a component that
+      a kind's answers share, so it is removed) plus a question-only prior ``b`` (an MLP). With linear
+      keys and positional values, Grad-CAM's channel weights are exactly ``(W - G W)[a] / 64`` (times
+      ``feature_scale``): the softmax's gradients sum to 0 over the cells and the keys have the same
+      Jacobian in every cell, so the attention adds nothing to the spatial average.
+    - ``"product"``: Lu et al. 2015's "deeper LSTM Q + norm I", the paper's VQA model: one image vector
+      from the whole grid (VGG's fc7: flatten + fc, so positions are kept),
+      ``logits = MLP(tanh(W_i flatten(A)) * tanh(W_q u0))``.
     """
 
     layer = DEFAULT_LAYER
     reshape = None
+    FUSIONS = ("attention", "readout", "product")
 
     def __init__(
         self,
@@ -249,25 +275,52 @@ class SceneVQA(nn.Module):
         channels: int = 32,
         hops: int = 2,
         attention: str = "dot",
+        fusion: str = "attention",
+        keys: str = "cells",
+        values: str = "cells",
+        feature_scale: float = 1.0,
     ):
         super().__init__()
         if attention not in ("dot", "additive"):
             raise ValueError(f"attention must be 'dot' or 'additive'; got {attention!r}")
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(self.FUSIONS)}; got {fusion!r}")
+        if keys not in ("cells", "linear"):
+            raise ValueError(f"keys must be 'cells' or 'linear'; got {keys!r}")
+        if values not in ("cells", "positions"):
+            raise ValueError(f"values must be 'cells' or 'positions'; got {values!r}")
         self.vocab, self.answers = vocab, tuple(answers)
-        self.config = {"hidden": hidden, "embed": embed, "channels": channels, "hops": hops, "attention": attention}
-        self.additive = attention == "additive"
+        self.config = {
+            "hidden": hidden, "embed": embed, "channels": channels, "hops": hops, "attention": attention,
+            "fusion": fusion, "keys": keys, "values": values, "feature_scale": feature_scale,
+        }  # fmt: skip
+        self.fusion, self.additive, self.feature_scale = fusion, attention == "additive", float(feature_scale)
+        self.linear_keys, self.positional = keys == "linear", values == "positions"
+        self.uses_cells = fusion != "product" and not (self.linear_keys and self.positional)
+        n = len(self.answers)
         self.encoder = scene_encoder(channels)
         self.embed = nn.Embedding(len(vocab), embed, padding_idx=0)
         self.question = nn.GRU(embed, hidden, batch_first=True)
-        self.cells = nn.Linear(channels + 2, hidden)
-        self.att_v = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(hops))
-        self.att_q = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(hops))
-        if self.additive:
-            self.att_w = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(hops))
-        self.classifier = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(self.answers)))
-        ramp = torch.linspace(-1, 1, 8)
-        coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy")).flatten(1).T  # (64, 2): (x, y)
-        self.register_buffer("coords", coords, persistent=False)
+        if fusion == "product":
+            self.image_vector = nn.Linear(channels * 8 * 8, hidden)
+            self.question_vector = nn.Linear(hidden, hidden)
+        else:
+            if self.uses_cells:
+                self.cells = nn.Linear(channels + 2, hidden)
+            if self.positional:
+                self.where = nn.ModuleList(nn.Linear(2, hidden) for _ in range(hops))
+            key_in = channels + 2 if self.linear_keys else hidden
+            self.att_v = nn.ModuleList(nn.Linear(key_in, hidden) for _ in range(hops))
+            self.att_q = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(hops))
+            if self.additive:
+                self.att_w = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(hops))
+            ramp = torch.linspace(-1, 1, 8)
+            coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy")).flatten(1).T  # (64, 2): (x, y)
+            self.register_buffer("coords", coords, persistent=False)
+        if fusion == "readout":
+            self.readout = nn.Linear(channels, n, bias=False)
+            self.register_buffer("groups", answer_groups(self.answers), persistent=False)
+        self.classifier = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n))
 
     def encode_question(self, question: torch.Tensor) -> torch.Tensor:
         """The GRU state after each question's last word, (B, hidden)."""
@@ -278,30 +331,51 @@ class SceneVQA(nn.Module):
         last = (unique != 0).sum(1).clamp(min=1) - 1
         return outputs[torch.arange(unique.shape[0], device=question.device), last][inverse]
 
-    def memory(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per image: the cells ``V`` (B, 64, hidden) and each hop's attention keys ``W_i V``."""
-        features = self.encoder(images)
-        grid = torch.cat([features.flatten(2).transpose(1, 2), self.coords.expand(features.shape[0], -1, -1)], -1)
-        cells = torch.tanh(self.cells(grid))
-        return cells, [att_v(cells) for att_v in self.att_v]
+    def memory(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image: the CNN channels of each cell ``A`` (B, 64, C) and, for the attention fusions, each
+        hop's attention keys (B, hops, 64, hidden), ``K_i V`` or with ``keys="linear"`` ``K_i [A; x; y]``
+        (linear in ``A``), and the cells ``V`` (B, 64, hidden) where keys or values use them."""
+        features = self.encoder(images).flatten(2).transpose(1, 2) * self.feature_scale
+        if self.fusion == "product":
+            return {"features": features}
+        grid = torch.cat([features, self.coords.expand(features.shape[0], -1, -1)], -1)
+        out = {"features": features}
+        if self.uses_cells:
+            out["cells"] = torch.tanh(self.cells(grid))
+        source = grid if self.linear_keys else out["cells"]
+        out["keys"] = torch.stack([k(source) for k in self.att_v], 1)
+        return out
+
+    def attend(self, memory: Mapping[str, torch.Tensor], u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention hops: (final question state ``u``, last hop's attention ``p`` (N, 64))."""
+        cells, keys = memory.get("cells"), memory["keys"]
+        scale = keys.shape[-1] ** -0.5
+        for hop, att_q in enumerate(self.att_q):
+            if self.additive:
+                energy = self.att_w[hop](torch.tanh(keys[:, hop] + att_q(u)[:, None])).squeeze(-1)
+            else:
+                energy = (keys[:, hop] @ att_q(u)[..., None]).squeeze(-1) * scale
+            p = torch.softmax(energy, dim=1)
+            # values="positions": the hop passes on only where it looked, u <- u + P_i sum p (x, y)
+            u = u + (self.where[hop](p @ self.coords) if self.positional else (p[..., None] * cells).sum(1))
+        return u, p
 
     def answer(
-        self, memory: tuple[torch.Tensor, list[torch.Tensor]], question: torch.Tensor, image: torch.Tensor | None = None
+        self, memory: Mapping[str, torch.Tensor], question: torch.Tensor, image: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Answer logits for each question; ``image`` (N,) picks each question's image row (default: same row)."""
-        cells, keys = memory
         if image is not None:
-            cells, keys = cells[image], [k[image] for k in keys]
-        u = self.encode_question(question)
-        scale = cells.shape[-1] ** -0.5
-        for hop, (key, att_q) in enumerate(zip(keys, self.att_q)):
-            if self.additive:
-                energy = self.att_w[hop](torch.tanh(key + att_q(u)[:, None])).squeeze(-1)
-            else:
-                energy = (key @ att_q(u)[..., None]).squeeze(-1) * scale
-            p = torch.softmax(energy, dim=1)
-            u = u + (p[..., None] * cells).sum(1)
-        return self.classifier(u)
+            memory = {name: value[image] for name, value in memory.items()}
+        u0 = self.encode_question(question)
+        if self.fusion == "product":
+            v = torch.tanh(self.image_vector(memory["features"].flatten(1)))
+            return self.classifier(v * torch.tanh(self.question_vector(u0)))
+        u, p = self.attend(memory, u0)
+        if self.fusion == "attention":
+            return self.classifier(u)
+        weight = self.readout.weight - self.groups @ self.readout.weight  # centred within each answer kind
+        c = (p[..., None] * memory["features"]).sum(1)
+        return c @ weight.T + self.classifier(u0)
 
     def forward(self, images: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         if question.dim() != 2 or question.shape[0] != images.shape[0]:

@@ -11,13 +11,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations, product
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .models import SceneCaptioner, SceneVQA, normalize_images, scene_encoder
-from .scenes import COLOURS, HELDOUT_SEED, SHAPES, SIZES, TRAIN_SEED, Scene, SceneDataset, make_scene
+from .scenes import (
+    COLOURS,
+    HELDOUT_SEED,
+    IMAGE_SIZE,
+    SHAPES,
+    SIZES,
+    TRAIN_SEED,
+    Scene,
+    SceneDataset,
+    make_scene,
+    object_mask,
+)
 from .vocab import ANSWERS, CAPTION_VOCAB, QUESTION_VOCAB, pad_batch
 
 logger = logging.getLogger("gradcam")
@@ -42,43 +54,88 @@ def caption_batch(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # what the CNN is pretrained to detect (like an ImageNet CNN's classes): is there a red object, a circle,
-# a small object, ...
+# a small object, ... ("attributes"); "pairs" adds every pair of attributes (a red circle, a small circle,
+# a small red object, ...), 41 labels that a GAP + linear head can only tell apart with object-selective
+# channels
 ENCODER_LABELS: tuple[str, ...] = (*COLOURS, *SHAPES, *SIZES)
+ENCODER_LABEL_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "attributes": tuple((a,) for a in ENCODER_LABELS),
+    "pairs": (
+        *((a,) for a in ENCODER_LABELS),
+        *(pair for first, second in combinations((tuple(COLOURS), SHAPES, tuple(SIZES)), 2)
+          for pair in product(first, second)),
+    ),
+}  # fmt: skip
 
 
-def scene_labels(scenes: list[Scene]) -> torch.Tensor:
-    """(N, len(ENCODER_LABELS)) multi-hot: which colours, shapes and sizes occur in each scene."""
-    index = {label: i for i, label in enumerate(ENCODER_LABELS)}
-    out = torch.zeros(len(scenes), len(ENCODER_LABELS))
+def scene_labels(
+    scenes: list[Scene], labels: str = "attributes", visible: list[list[bool]] | None = None
+) -> torch.Tensor:
+    """(N, len(ENCODER_LABEL_SETS[labels])) multi-hot: label ``(a, b, ...)`` is 1 when one (visible)
+    object of the scene has every attribute ``a, b, ...``."""
+    label_set = ENCODER_LABEL_SETS[labels]
+    out = torch.zeros(len(scenes), len(label_set))
     for row, scene in enumerate(scenes):
-        for o in scene.objects:
-            for label in (o.colour, o.shape, o.size):
-                out[row, index[label]] = 1.0
+        for n, o in enumerate(scene.objects):
+            if visible is not None and not visible[row][n]:
+                continue
+            has = {o.colour, o.shape, o.size}
+            for column, label in enumerate(label_set):
+                if has.issuperset(label):
+                    out[row, column] = 1.0
     return out
 
 
+def occlude(images: torch.Tensor, scenes: list[Scene], rate: float, seed: int) -> tuple[torch.Tensor, list[list[bool]]]:
+    """Cutout (DeVries & Taylor 2017) with the background colour: each normalised image, with
+    probability ``rate``, gets one square of 8-20 px set to 0 (the background); an object stays
+    visible while at least half of its pixels do. Returns the images and the visible flags."""
+    generator = torch.Generator().manual_seed(seed)
+    images, visible = images.clone(), []
+    for n, scene in enumerate(scenes):
+        window = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+        if float(torch.rand((), generator=generator)) < rate:
+            side = int(torch.randint(8, 21, (), generator=generator))
+            top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - side + 1, (2,), generator=generator))
+            window[top : top + side, left : left + side] = True
+            images[n][:, window] = 0.0
+        masks = [object_mask(o) for o in scene.objects]
+        visible.append([float((m & ~window).sum()) >= 0.5 * float(m.sum()) for m in masks])
+    return images, visible
+
+
 def train_encoder(
-    config: TrainConfig = TrainConfig(steps=400), report: Callable[[str], None] | None = None, channels: int = 32
+    config: TrainConfig = TrainConfig(steps=400),
+    report: Callable[[str], None] | None = None,
+    channels: int = 32,
+    labels: str = "attributes",
+    occlusion: float = 0.0,
 ) -> tuple[torch.nn.Sequential, dict[str, float]]:
     """Pretrain the CNN as a multi-label classifier (global average pooling + linear, the CAM form) of
-    :data:`ENCODER_LABELS`: the stand-in for an ImageNet-pretrained CNN. Returns the CNN (frozen)."""
+    :data:`ENCODER_LABEL_SETS` ``[labels]``: the stand-in for an ImageNet-pretrained CNN; ``occlusion``:
+    the rate of :func:`occlude` augmentation. Returns the CNN (frozen)."""
+    if labels not in ENCODER_LABEL_SETS:
+        raise ValueError(f"labels must be one of {', '.join(ENCODER_LABEL_SETS)}; got {labels!r}")
     torch.manual_seed(config.seed)
     encoder = scene_encoder(channels)
-    model = torch.nn.Sequential(
-        encoder, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, len(ENCODER_LABELS))
-    )
+    head = torch.nn.Linear(channels, len(ENCODER_LABEL_SETS[labels]))
+    model = torch.nn.Sequential(encoder, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head)
 
     def loss_of_step(step: int) -> torch.Tensor:
         scenes = [make_scene(TRAIN_SEED, step * config.batch + i) for i in range(config.batch)]
         images = normalize_images(SceneDataset(TRAIN_SEED).images(scenes))
-        return F.binary_cross_entropy_with_logits(model(images), scene_labels(scenes))
+        visible = None
+        if occlusion:
+            images, visible = occlude(images, scenes, occlusion, config.seed * 1_000_003 + step)
+        return F.binary_cross_entropy_with_logits(model(images), scene_labels(scenes, labels, visible))
 
     stats = _train(model, loss_of_step, config, report)
     scenes = split_scenes(300, heldout=True)
     with torch.no_grad():
         predicted = model(normalize_images(SceneDataset(HELDOUT_SEED).images(scenes))) > 0
-    stats["heldout_label_accuracy"] = float((predicted == scene_labels(scenes).bool()).float().mean())
-    stats["heldout_exact"] = float((predicted == scene_labels(scenes).bool()).all(1).float().mean())
+    truth = scene_labels(scenes, labels).bool()
+    stats["heldout_label_accuracy"] = float((predicted == truth).float().mean())
+    stats["heldout_exact"] = float((predicted == truth).all(1).float().mean())
     return encoder.requires_grad_(False).eval(), stats
 
 
@@ -146,18 +203,34 @@ def train_vqa(
     report: Callable[[str], None] | None = None,
     encoder: torch.nn.Module | None = None,
     finetune: bool = False,
+    occlusion: float = 0.0,
     **options: Any,
 ) -> tuple[SceneVQA, dict[str, float]]:
     """Train a :class:`SceneVQA`: each step asks EVERY question of ``config.batch`` fresh training scenes
-    (about 13 per scene), encoding each image once, on the frozen pretrained CNN ``encoder`` when given."""
+    (about 13 per scene), encoding each image once, on the frozen pretrained CNN ``encoder`` when given.
+    ``occlusion``: the rate of :func:`occlude` augmentation; a question is then asked only when its
+    object (for a relational question: every object) is still visible."""
     torch.manual_seed(config.seed)
+    if encoder is not None and "feature_scale" not in options:  # CNN outputs of O(1) for the fusion layers
+        with torch.no_grad():
+            scenes = [make_scene(TRAIN_SEED, i) for i in range(config.batch)]
+            spread = encoder(normalize_images(SceneDataset(TRAIN_SEED).images(scenes))).std()
+        options = {**options, "feature_scale": round(1.0 / float(spread), 6)}
     model = SceneVQA(**options)
     _start_from(model, encoder, finetune)
 
     def loss_of_step(step: int) -> torch.Tensor:
         scenes = [make_scene(TRAIN_SEED, step * config.batch + i) for i in range(config.batch)]
         images = normalize_images(SceneDataset(TRAIN_SEED).images(scenes))
-        items = [(i, q) for i, s in enumerate(scenes) for q in s.questions]
+        visible = [[True] * len(s.objects) for s in scenes]
+        if occlusion:
+            images, visible = occlude(images, scenes, occlusion, config.seed * 1_000_003 + step)
+        items = [
+            (i, q)
+            for i, s in enumerate(scenes)
+            for q in s.questions
+            if visible[i][q.subject] and (q.kind != "relation" or all(visible[i]))
+        ]
         questions = pad_batch([QUESTION_VOCAB.encode(q.text) for _, q in items])
         answers = torch.tensor([ANSWERS.index(q.answer) for _, q in items])
         image = torch.tensor([i for i, _ in items])

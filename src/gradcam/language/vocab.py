@@ -82,7 +82,8 @@ QUESTION_VOCAB = Vocabulary(
     [PAD, "what", "colour", "shape", "size", "is", "the", "object", *COLOURS, *SHAPES, *_RELATION_WORDS],
     name="question vocabulary",
 )
-ANSWERS: tuple[str, ...] = (*COLOURS, *SHAPES, *SIZES)
+ANSWER_KINDS: tuple[tuple[str, ...], ...] = (tuple(COLOURS), SHAPES, tuple(SIZES))  # colours, shapes, sizes
+ANSWERS: tuple[str, ...] = tuple(a for kind in ANSWER_KINDS for a in kind)
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
