@@ -26,6 +26,7 @@ from gradcam.assets import sample_names, sample_path
 from gradcam.jobs import ExplainSettings, explain_files
 from gradcam.jobs.explain import OUTPUT_KINDS
 from gradcam.models import load_model
+from gradcam.runtime import keep_freed_memory
 
 
 def make_folder(folder: Path, count: int) -> list[Path]:
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--outputs", default="all;heatmap", help="';'-separated rows: 'all' or a comma list")
     args = parser.parse_args()
+    keep_freed_memory()  # as the gradcam CLI does: the forward and the explain job alike
     device = torch.device(args.device)
     loaded = load_model()
     loaded.model.to(device)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import gradcam
 from gradcam.methods.base import normalize
+from gradcam.runtime import keep_freed_memory
 
 # name@tag: the same model at another layer
 LAYERS = {"resnet50": "layer4", "vgg16": "features.29", "efficientnet_lite0": "bn2", "resnet50@layer3": "layer3"}
@@ -277,13 +278,20 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument(
+        "--glibc-defaults", action="store_true", help="time with glibc's allocator defaults (see gradcam.runtime)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     random.seed(0)
+    # every contender in the same allocator regime, as the gradcam CLI runs (the memory probes, fresh
+    # processes, keep glibc's defaults so that their peak RSS is the working set)
+    kept = False if args.glibc_defaults else keep_freed_memory()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"torch {torch.__version__}, device {device} ({where})"
-        + f", batch {args.batch}, {args.size}x{args.size}, amp={args.amp}, channels_last={args.channels_last}",
+        + f", batch {args.batch}, {args.size}x{args.size}, amp={args.amp}, channels_last={args.channels_last}"
+        + f", freed memory kept: {kept}",
         flush=True,
     )
     names = args.contenders.split(",")

@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from ..runtime import keep_freed_memory
     from ._common import CLIError
+
+    keep_freed_memory()  # our own process: reuse freed activations instead of page-faulting them back in
 
     try:
         return int(args._run(args) or 0)

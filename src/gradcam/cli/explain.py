@@ -62,9 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="gradcam-out", metavar="DIR", help="output folder (default gradcam-out)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=None, help="image decoding processes (default: up to 4)")
     parser.add_argument(
-        "--writers", type=int, default=2, help="processes drawing and writing outputs (default 2; 0 = a thread)"
+        "--workers", type=int, default=None, help="image decoding processes (default: up to 4 on a GPU, 0 on the CPU)"
+    )
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=None,
+        help="processes drawing and writing outputs (default 2 on a GPU; 0 = one thread, the CPU default)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
@@ -118,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
         task=task,
         outputs=outputs,
     )
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1, max(0, len(paths) - 1))
+    # On the CPU the model's own threads already use every core: extra processes only compete with them
+    # (measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or writer)
+    on_cpu = device.type == "cpu"
+    workers = args.workers
+    if workers is None:
+        workers = 0 if on_cpu else min(4, os.cpu_count() or 1, max(0, len(paths) - 1))
+    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
     out = Path(args.out)
 
     def report(line: str, is_error: bool) -> None:
@@ -138,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=device,
             workers=workers,
-            writers=args.writers,
+            writers=writers,
             overwrite=args.overwrite,
             progress=not args.quiet and sys.stderr.isatty(),
             report=report,
