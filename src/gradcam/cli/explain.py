@@ -17,7 +17,15 @@ from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
 from ..imaging.io import find_images
 from ..jobs import ExplainSettings, explain_files
-from ..jobs.explain import CLASS_TASKS, DEFAULT_TASK, OUTPUT_KINDS, TaskOptions, as_detector, distributed_rank
+from ..jobs.explain import (
+    CLASS_TASKS,
+    DEFAULT_TASK,
+    OUTPUT_KINDS,
+    TaskOptions,
+    as_detector,
+    distributed_rank,
+    valid_outputs,
+)  # fmt: skip
 from ..methods import METHODS
 from ..models import LoadedModel
 from ..tasks import TASKS
@@ -96,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1; got {args.batch_size}")
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
-    unknown = [kind for kind in outputs if kind not in OUTPUT_KINDS]
-    if unknown or not outputs:
+    if not valid_outputs(outputs):
         return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
     if not args.paths and not args.samples:
         return _fail("give image files, folders or globs (or --samples for the bundled photos)")

@@ -486,9 +486,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
     if faithful and settings.faithfulness_images is not None:
         keep = min(len(batch), settings.faithfulness_images - first)
     occlusion = None
-    shared = _Metrics(settings, run.loaded)
-    if faithful and settings.occlusion:
-        occlusion = shared.occlusion.occlusion(model, x[:keep], top[:keep, 0])
+    if faithful and settings.occlusion:  # computed once per batch, shared by every source
+        occlusion = _Metrics(settings, run.loaded).occlusion.occlusion(model, x[:keep], top[:keep, 0])
     part = BatchPart(
         first=first, names=[item.name for item in batch], key=run.key, k=k, hits=hits, metrics={}, rows={},
         examples={}, figure=_figure_rows(run, first, batch, geometries, truths, targets), timings={}, failures={},
@@ -714,11 +713,16 @@ def _update(
 _BETTER: dict[str, Callable[[float, float], bool]] = {"best": lambda a, b: a > b, "worst": lambda a, b: a < b}
 
 
-def _keep_if_better(kept: dict[str, Example], kind: str, example: Example) -> bool:
-    """Keep ``example`` as ``kind`` ('best' / 'worst' IoU) unless the kept one is at least as good
-    (ties keep the earlier image, so merging in batch order picks what one process would)."""
+def _beats(kept: dict[str, Example], kind: str, iou: float) -> bool:
+    """Whether an IoU of ``iou`` replaces the kept ``kind`` ('best' / 'worst') example (ties keep the
+    earlier image, so merging in batch order picks what one process would)."""
     current = kept.get(kind)
-    if current is not None and not _BETTER[kind](example.iou, current.iou):
+    return current is None or _BETTER[kind](iou, current.iou)
+
+
+def _keep_if_better(kept: dict[str, Example], kind: str, example: Example) -> bool:
+    """Keep ``example`` as ``kind`` unless the kept one is at least as good (:func:`_beats`)."""
+    if not _beats(kept, kind, example.iou):
         return False
     kept[kind] = example
     return True
@@ -740,26 +744,21 @@ def _keep_examples(
     records = m.boxes.records[-int((classes >= 0).sum()) :]
     kept = examples[source.name]
     for record in records:
-        for kind, better in _BETTER.items():
-            current = kept.get(kind)
-            if current is not None and not better(record["iou"], current.iou):
+        for kind in _BETTER:
+            if not _beats(kept, kind, record["iou"]):  # checked first: the box is only drawn for a keeper
                 continue
             b, cls = record["image"], record["class"]
             j = [int(c) for c in classes[b].tolist()].index(cls)
             box = boxes_to_original(
                 map_to_box(maps[b, j], settings.threshold, settings.connectivity)[None], geometries[b]
             )
-            _keep_if_better(
-                kept,
-                kind,
-                Example(
-                    name=batch[b].name,
-                    index=first + b,
-                    geometry=geometries[b],
-                    heatmap=_own_copy(maps[b, j]),
-                    box=box[0].tolist(),
-                    truths=[list(bx) for c, bx in truths[b] if c == cls],
-                    cls=cls,
-                    iou=record["iou"],
-                ),
+            kept[kind] = Example(
+                name=batch[b].name,
+                index=first + b,
+                geometry=geometries[b],
+                heatmap=_own_copy(maps[b, j]),
+                box=box[0].tolist(),
+                truths=[list(bx) for c, bx in truths[b] if c == cls],
+                cls=cls,
+                iou=record["iou"],
             )

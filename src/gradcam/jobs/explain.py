@@ -98,6 +98,11 @@ class TaskOptions:
 OUTPUT_KINDS = ("overlay", "heatmap", "panel")
 
 
+def valid_outputs(kinds: Sequence[str]) -> bool:
+    """Whether ``kinds`` is a non-empty selection from :data:`OUTPUT_KINDS`."""
+    return bool(kinds) and all(kind in OUTPUT_KINDS for kind in kinds)
+
+
 @dataclass(frozen=True)
 class ExplainSettings:
     """What to explain, how to draw it, and which of :data:`OUTPUT_KINDS` to write."""
@@ -113,9 +118,13 @@ class ExplainSettings:
     outputs: tuple[str, ...] = OUTPUT_KINDS
 
     def __post_init__(self) -> None:
-        unknown = [kind for kind in self.outputs if kind not in OUTPUT_KINDS]
-        if unknown or not self.outputs:
+        if not valid_outputs(self.outputs):
             raise ValueError(f"outputs must be a non-empty subset of {', '.join(OUTPUT_KINDS)}; got {self.outputs}")
+
+    @property
+    def draws(self) -> bool:
+        """Whether any output is a picture (overlay or panel), so the original image is needed."""
+        return bool({"overlay", "panel"} & set(self.outputs))
 
     def key(self, model_name: str, layer: str | None) -> dict[str, Any]:
         """What an existing output must have been made with to be reused by a rerun (JSON-normalised).
@@ -661,8 +670,7 @@ def _write_item(
     """Draw and write one image's outputs (those in ``settings.outputs``; a file not written is recorded
     as None); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
     outputs = []
-    kinds = set(settings.outputs)
-    drawn = bool(kinds & {"overlay", "panel"})
+    kinds, drawn = set(settings.outputs), settings.draws
     for j, (target_id, label) in enumerate(zip(targets.ids, targets.labels)):
         marks = targets.marks[j] if targets.marks else {}
         tiles, titles = [_mark(original, marks) if marks and drawn else original], ["Original"]
@@ -817,7 +825,6 @@ def explain_files(
         bar.update(1)
 
     pool = _writer_pool(writers)
-    drawn = bool(set(settings.outputs) & {"overlay", "panel"})
     try:
         for batch in loader:
             for index, error in batch["failures"]:
@@ -847,7 +854,7 @@ def explain_files(
                         for name, e in results.items()
                     }
                     pixels = batch["originals"][at]
-                    original = Image.fromarray(pixels.numpy()) if drawn else None  # not shipped if not drawn
+                    original = Image.fromarray(pixels.numpy()) if settings.draws else None  # not shipped if not drawn
                     record = {
                         "input": str(path),
                         "size": [int(pixels.shape[1]), int(pixels.shape[0])],
