@@ -3,6 +3,9 @@
     python benchmarks/folder_throughput.py --images 64 --device cpu
     python benchmarks/folder_throughput.py --images 512 --device cuda --batch 32 --workers 8 --writers 8
 
+Each round times the forward, then every output choice, so that a ratio compares runs minutes apart at
+most (this machine's speed drifts by +-20 % over minutes); the table gives medians over rounds.
+
 The folder holds ``--images`` JPEGs (640x480, made from the bundled photos with random crops and
 flips). The floor is the model's ``torch.inference_mode()`` forward on ready tensors of the same batch
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
@@ -13,6 +16,7 @@ files named (``--outputs heatmap``: the .npy maps and item.json); each ``;``-sep
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -46,10 +50,11 @@ def make_folder(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def forward_throughput(model: torch.nn.Module, batch: int, size: int, device: torch.device, rounds: int) -> float:
+def forward_throughput(model: torch.nn.Module, batch: int, size: int, device: torch.device, batches: int) -> float:
+    """Images/s of ``batches`` inference-mode forwards on ready tensors (median batch time)."""
     x = torch.randn(batch, 3, size, size, device=device)
     times = []
-    for i in range(rounds + 1):
+    for _ in range(batches):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -57,8 +62,7 @@ def forward_throughput(model: torch.nn.Module, batch: int, size: int, device: to
             model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
 
 
@@ -67,35 +71,55 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
+    parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--outputs", default="all;heatmap", help="';'-separated rows: 'all' or a comma list")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does: the forward and the explain job alike
     device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
+    workers = args.workers if args.workers is not None else (0 if on_cpu else min(4, os.cpu_count() or 1))
+    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
     loaded = load_model()
     loaded.model.to(device)
-    rows = []
+    choices = args.outputs.split(";")
+    floors: list[float] = []
+    rates: dict[str, list[float]] = {c: [] for c in choices}
+    ratios: dict[str, list[float]] = {c: [] for c in choices}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "in").mkdir()
         paths = make_folder(Path(tmp) / "in", args.images)
-        floor = forward_throughput(loaded.model, args.batch, loaded.preprocess.input_size, device, rounds=10)
-        for choice in args.outputs.split(";"):
-            kinds = OUTPUT_KINDS if choice == "all" else tuple(choice.split(","))
-            settings = ExplainSettings(methods=(args.method,), outputs=kinds)
-            run = dict(batch_size=args.batch, device=device, workers=args.workers, writers=args.writers, progress=False)
-            explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / f"warm-{choice}", **run)
-            summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{choice}", **run)
-            rows.append((choice, summary.done, summary.done / summary.seconds))
-    print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {args.workers}, writers {args.writers}, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print("| what | images/s | ratio to forward |")
+        run = dict(batch_size=args.batch, device=device, workers=workers, writers=writers, progress=False)
+        size = loaded.preprocess.input_size
+        forward_throughput(loaded.model, args.batch, size, device, batches=2)  # warm-up
+        for choice in choices:  # warm-up
+            settings = ExplainSettings(methods=(args.method,), outputs=_kinds(choice))
+            explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / "warm", overwrite=True, **run)
+        for r in range(args.rounds):
+            batches = max(2, args.images // args.batch)
+            floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
+            floors.append(floor)
+            for choice in choices:
+                settings = ExplainSettings(methods=(args.method,), outputs=_kinds(choice))
+                summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
+                rates[choice].append(summary.done / summary.seconds)
+                ratios[choice].append(rates[choice][-1] / floor)
+    print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {workers}, writers {writers}, "
+          f"torch threads {torch.get_num_threads()}, {args.images} JPEGs (640x480), {args.rounds} rounds")  # fmt: skip
+    print("| what | images/s | ratio to forward (median of per-round ratios; min-max) |")
     print("|---|---|---|")
-    print(f"| inference forward on ready tensors | {floor:.1f} | 1.00 |")
-    for choice, done, rate in rows:
-        what = f"gradcam explain DIR ({args.method}, {done} JPEGs, outputs: {choice})"
-        print(f"| {what} | {rate:.1f} | {rate / floor:.2f} |")
+    print(f"| inference forward on ready tensors | {statistics.median(floors):.1f} | 1.00 |")
+    for choice in choices:
+        what = f"gradcam explain DIR ({args.method}, outputs: {choice})"
+        low, high = min(ratios[choice]), max(ratios[choice])
+        print(f"| {what} | {statistics.median(rates[choice]):.1f} | {statistics.median(ratios[choice]):.2f} "
+              f"({low:.2f}-{high:.2f}) |")  # fmt: skip
+
+
+def _kinds(choice: str) -> tuple[str, ...]:
+    return OUTPUT_KINDS if choice == "all" else tuple(choice.split(","))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,16 @@ def model_guard(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     state to restore is the per-module training flag. Eval mode keeps batch-norm statistics and
     dropout fixed, so explaining never changes the model's buffers.
     """
-    flags = [(module, module.training) for module in model.modules()]
+    modules = list(model.modules())
+    flags = [module.training for module in modules]
     try:
-        if eval_mode:
+        if eval_mode and any(flags):  # a model already in eval mode is left alone (no eval() call)
             model.eval()
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        for module, flag in zip(modules, flags):
+            if module.training != flag:  # nn.Module.__setattr__ is slow: only write what changed
+                module.training = flag
 
 
 @dataclass

@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gradcam-out", metavar="DIR", help="output folder (default gradcam-out)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--workers", type=int, default=None, help="image decoding processes (default: up to 4 on a GPU, 0 on the CPU)"
+        "--workers",
+        type=int,
+        default=None,
+        help="image decoding processes (default: up to 4 on a GPU; 0 on the CPU: threads between model steps)",
     )
     parser.add_argument(
         "--writers",

@@ -21,7 +21,7 @@ import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from ..capture import model_guard
 from ..errors import LayerError, TargetError
 from ..explanation import Explanation
 from ..imaging import draw
-from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
+from ..imaging.geometry import Geometry, PreprocessConfig, image_pixels, preprocess
 from ..imaging.io import ImageReadError, load_image, save_npy_atomic, save_png_atomic, write_json_atomic
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer
@@ -151,7 +151,7 @@ class JobSummary:
     layer: str | None = None
 
 
-def prepare_image(image: Image.Image, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
+def prepare_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
     """The model input for one image: centre-cropped (:func:`preprocess`) or whole (detection, segmentation)."""
     if isinstance(config, WholeImagePreprocess):
         return config(image)
@@ -161,28 +161,46 @@ def prepare_image(image: Image.Image, config: PreprocessConfig) -> tuple[torch.T
 class ImageFiles(Dataset):
     """Decodes and preprocesses one file per item; a bad file becomes an error record, not an exception."""
 
-    def __init__(self, paths: Sequence[Path], config: PreprocessConfig) -> None:
+    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True) -> None:
         self.paths = list(paths)
         self.config = config
+        self.keep_original = keep_original  # the decoded pixels, for drawing
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            image = load_image(self.paths[index])
-            tensor, geometry = prepare_image(image, self.config)
+            pixels = image_pixels(load_image(self.paths[index]))  # (3, H, W), a view of an (H, W, 3) buffer
+            tensor, geometry = prepare_image(pixels, self.config)
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
         except (OSError, ValueError) as error:  # e.g. decompression-bomb limits, odd modes
             return {"index": index, "error": f"cannot read image '{self.paths[index]}': {error}"}
-        return {
-            "index": index,
-            "tensor": tensor,
-            "original": torch.from_numpy(np.array(image, dtype=np.uint8)),
-            "geometry": geometry,
-            "error": None,
-        }
+        original = pixels.permute(1, 2, 0) if self.keep_original else None  # (H, W, 3) for drawing, no copy
+        return {"index": index, "tensor": tensor, "original": original, "geometry": geometry, "error": None}
+
+
+def decoded_batches(
+    files: ImageFiles, batch_size: int, workers: int, threads: int, pin_memory: bool
+) -> Iterable[dict[str, Any]]:
+    """Collated batches of ``files`` in order: decoded by ``workers`` DataLoader processes, or, with
+    ``workers=0``, by ``threads`` threads of this process, one batch at a time. PIL's decoder and
+    resampling release the GIL, so the threads share the cores between model steps instead of
+    competing with the model's own threads for them (on a CPU device the model uses every core).
+    """
+    if workers > 0 or threads <= 1:
+        yield from DataLoader(
+            files, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory
+        )
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="gradcam-decode", initializer=torch.set_num_threads,
+                            initargs=(1,)) as pool:  # fmt: skip
+        for start in range(0, len(files), batch_size):
+            batch = collate(list(pool.map(files.__getitem__, range(start, min(start + batch_size, len(files))))))
+            if pin_memory and batch["x"] is not None:
+                batch["x"] = batch["x"].pin_memory()
+            yield batch
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -712,6 +730,28 @@ def _finish_item(
     return record
 
 
+_RESAMPLE_ELEMENTS = 1 << 25  # at most 128 MiB of float32 maps on original pixels per resampling call
+
+
+def maps_to_originals(maps: torch.Tensor, geometries: Sequence[Geometry]) -> list[torch.Tensor]:
+    """Row i of ``maps`` (B, ...) on image i's original pixels (:meth:`Geometry.to_original`), float32
+    on the CPU, each in its own storage; rows that share a geometry (same-size images) are resampled
+    in one call."""
+    rows_of: dict[Geometry, list[int]] = {}
+    for row, geometry in enumerate(geometries):
+        rows_of.setdefault(geometry, []).append(row)
+    mapped: list[torch.Tensor] = [maps[0]] * len(geometries)
+    for geometry, rows in rows_of.items():
+        width, height = geometry.original_size
+        per_call = max(1, _RESAMPLE_ELEMENTS // (maps[0, ..., 0, 0].numel() * width * height))
+        for start in range(0, len(rows), per_call):
+            chunk = rows[start : start + per_call]
+            index = torch.tensor(chunk, device=maps.device)
+            for row, original in zip(chunk, geometry.to_original(maps.index_select(0, index).float()).cpu()):
+                mapped[row] = original.clone()  # its own storage: a writer process is sent this row alone
+    return mapped
+
+
 def _per_map(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
     """Give single-target results the k axis (dim 1) of multi-target ones."""
     return tensor if multi else tensor.unsqueeze(1)
@@ -762,10 +802,12 @@ def explain_files(
 ) -> JobSummary:
     """Explain every file in ``paths`` and write the outputs under ``out_dir`` (see module docstring).
 
-    Decoding runs in ``workers`` DataLoader processes and drawing/encoding in ``writers`` processes
-    (0: one thread), so both overlap the model. Under ``torchrun`` each rank takes a disjoint shard
-    (``pending[rank::world]``) and rank 0 writes the merged manifest. Non-class tasks look at the
-    model's output once per batch (no gradients) to build the target and the predictions.
+    Decoding runs in ``workers`` DataLoader processes, overlapping the model (on a GPU), or with
+    ``workers=0`` in ``torch.get_num_threads()`` threads between model steps (on a CPU, where the
+    model uses every core); drawing/encoding runs in ``writers`` processes (0: one thread). Under
+    ``torchrun`` each rank takes a disjoint shard (``pending[rank::world]``) and rank 0 writes the
+    merged manifest. Non-class tasks look at the model's output once per batch (no gradients) to build
+    the target and the predictions.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -795,13 +837,8 @@ def explain_files(
         pending.append(path)
     shard = pending[rank::world]
 
-    loader = DataLoader(
-        ImageFiles(shard, loaded.preprocess),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-    )
+    files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
+    loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
     bar = _progress(len(shard), progress and rank == 0)
     in_flight: list[tuple[Path, Future]] = []
 
@@ -845,19 +882,21 @@ def explain_files(
                 key = settings.key(loaded.name, explainers.layer)
                 multi = {name: e.multi_target for name, e in results.items()}
                 scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
+                kept_geometries = [batch["geometries"][positions[p]] for p in kept]
+                on_originals = {
+                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
+                    for name, e in results.items()
+                }
                 for row, (position, targets) in enumerate(zip(kept, items)):
                     at = positions[position]
                     path = shard[batch["indices"][at]]
                     geometry: Geometry = batch["geometries"][at]
-                    maps = {
-                        name: geometry.to_original(_per_map(e.heatmap, multi[name])[row].float()).cpu()
-                        for name, e in results.items()
-                    }
-                    pixels = batch["originals"][at]
-                    original = Image.fromarray(pixels.numpy()) if settings.draws else None  # not shipped if not drawn
+                    maps = {name: rows[row] for name, rows in on_originals.items()}
+                    pixels = batch["originals"][at]  # None when nothing is drawn
+                    original = Image.fromarray(pixels.numpy()) if pixels is not None else None
                     record = {
                         "input": str(path),
-                        "size": [int(pixels.shape[1]), int(pixels.shape[0])],
+                        "size": list(geometry.original_size),
                         "predictions": targets.predictions,
                         "classes": targets.classes,
                         "layer": explainers.layer,

@@ -120,16 +120,14 @@ class WholeImagePreprocess(PreprocessConfig):
         return Geometry(original_size=size, resized_size=resized, crop_box=(0, 0, *resized), input_size=resized)
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, Geometry]:
-        """PIL image -> normalised float32 (3, H1, W1) tensor of the whole resized image, and its Geometry."""
-        import numpy as np
+        """PIL image or uint8 (3, H, W) pixels -> normalised float32 (3, H1, W1) tensor of the whole
+        resized image (resampled as :func:`gradcam.imaging.geometry.resized_crop`), and its Geometry."""
+        from gradcam.imaging.geometry import image_pixels, resample_filter, resized_crop
 
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        geometry = self.geometry(image.size)
-        if geometry.resized_size != image.size:
-            image = image.resize(geometry.resized_size, self.pil_resample)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        tensor = pixels.permute(2, 0, 1).to(torch.float32).div(255)
+        pixels = image_pixels(image)
+        geometry = self.geometry((pixels.shape[2], pixels.shape[1]))
+        interpolation = resample_filter(self.interpolation).name.lower()
+        tensor = resized_crop(pixels, geometry, interpolation).to(torch.float32).div(255)
         mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
         return tensor.sub(mean).div(std), geometry

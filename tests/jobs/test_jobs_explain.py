@@ -1,0 +1,71 @@
+"""Tests for gradcam.jobs.explain's batch machinery: threaded decoding and maps on original pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradcam.imaging.geometry import PreprocessConfig, compute_geometry
+from gradcam.imaging.io import load_image
+from gradcam.jobs import explain as jobs
+from gradcam.jobs.explain import ImageFiles, decoded_batches, maps_to_originals
+
+CONFIG = PreprocessConfig(input_size=32, resize_size=40, interpolation="bicubic")
+
+
+def _folder(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(64, 48), (48, 64), (64, 48), (50, 50), (64, 48)]):
+        path = tmp_path / f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    bad = tmp_path / "img_5.jpg"
+    bad.write_text("not an image")
+    return [*paths, bad, tmp_path / "img_6.png"]  # a bad file and a missing one
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_decoding_gives_the_dataloaders_batches(tmp_path: Path, threads: int) -> None:
+    files = ImageFiles(_folder(tmp_path), CONFIG)
+    reference = list(decoded_batches(files, 3, workers=0, threads=1, pin_memory=False))  # the DataLoader
+    threaded = list(decoded_batches(files, 3, workers=0, threads=threads, pin_memory=False))
+    assert len(threaded) == len(reference) == 3
+    for ours, theirs in zip(threaded, reference):
+        assert ours["indices"] == theirs["indices"]
+        assert ours["geometries"] == theirs["geometries"]
+        assert [f[0] for f in ours["failures"]] == [f[0] for f in theirs["failures"]]
+        for a, b in zip(ours["tensors"], theirs["tensors"]):
+            assert torch.equal(a, b)
+        for a, b in zip(ours["originals"], theirs["originals"]):
+            assert torch.equal(a, b)
+    failures = [f for batch in threaded for f in batch["failures"]]
+    assert [index for index, _ in failures] == [5, 6]
+    assert "not an image" in failures[0][1] and "no such file" in failures[1][1]
+
+
+def test_items_keep_the_decoded_pixels_only_when_asked(tmp_path: Path) -> None:
+    paths = _folder(tmp_path)
+    drawn, not_drawn = ImageFiles(paths, CONFIG)[1], ImageFiles(paths, CONFIG, keep_original=False)[1]
+    np.testing.assert_array_equal(drawn["original"].numpy(), np.asarray(load_image(paths[1])))
+    assert not_drawn["original"] is None
+    assert torch.equal(drawn["tensor"], not_drawn["tensor"])
+
+
+def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = [(64, 48), (48, 64), (64, 48), (64, 48), (50, 50)]
+    geometries = [compute_geometry(size, CONFIG) for size in sizes]
+    maps = torch.rand(len(sizes), 2, 32, 32)  # B images x k targets
+    expected = [g.to_original(maps[i]) for i, g in enumerate(geometries)]
+    for limit in (1 << 25, 2 * 64 * 48 * 2):  # one call per size, or chunks of two rows
+        monkeypatch.setattr(jobs, "_RESAMPLE_ELEMENTS", limit)
+        mapped = maps_to_originals(maps, geometries)
+        assert len(mapped) == len(sizes)
+        for ours, theirs, (width, height) in zip(mapped, expected, sizes):
+            assert ours.shape == (2, height, width)
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+            assert ours.untyped_storage().nbytes() == ours.numel() * 4  # its own storage, not a batch view
