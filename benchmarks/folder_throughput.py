@@ -4,13 +4,14 @@
     python benchmarks/folder_throughput.py --images 512 --device cuda --batch 32 --workers 8 --writers 8
 
 Each round times the forward, then every output choice, so that a ratio compares runs minutes apart at
-most (this machine's speed drifts by +-20 % over minutes); the table gives medians over rounds.
+most (a shared machine's speed drifts by +-20 % over minutes); the table gives medians over rounds.
 
 The folder holds ``--images`` JPEGs (640x480, made from the bundled photos with random crops and
 flips). The floor is the model's ``torch.inference_mode()`` forward on ready tensors of the same batch
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
-writes an overlay PNG, a .npy map, a panel and item.json per image (``--outputs all``), or only the
-files named (``--outputs heatmap``: the .npy maps and item.json); each ``;``-separated choice is a row.
+writes an overlay PNG, a .npy map, a panel and item.json per image (``all``), the same with JPEG
+overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .npy maps and item.json);
+each ``;``-separated choice of ``--outputs`` is a row.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
     parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
     parser.add_argument("--method", default="gradcam")
-    parser.add_argument("--outputs", default="all;heatmap", help="';'-separated rows: 'all' or a comma list")
+    parser.add_argument(
+        "--outputs",
+        default="all;all:jpg;heatmap",
+        help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does: the forward and the explain job alike
@@ -95,14 +100,14 @@ def main() -> None:
         size = loaded.preprocess.input_size
         forward_throughput(loaded.model, args.batch, size, device, batches=2)  # warm-up
         for choice in choices:  # warm-up
-            settings = ExplainSettings(methods=(args.method,), outputs=_kinds(choice))
+            settings = _settings(args.method, choice)
             explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / "warm", overwrite=True, **run)
         for r in range(args.rounds):
             batches = max(2, args.images // args.batch)
             floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
             floors.append(floor)
             for choice in choices:
-                settings = ExplainSettings(methods=(args.method,), outputs=_kinds(choice))
+                settings = _settings(args.method, choice)
                 summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
                 rates[choice].append(summary.done / summary.seconds)
                 ratios[choice].append(rates[choice][-1] / floor)
@@ -118,8 +123,10 @@ def main() -> None:
               f"({low:.2f}-{high:.2f}) |")  # fmt: skip
 
 
-def _kinds(choice: str) -> tuple[str, ...]:
-    return OUTPUT_KINDS if choice == "all" else tuple(choice.split(","))
+def _settings(method: str, choice: str) -> ExplainSettings:
+    kinds, _, picture_format = choice.partition(":")
+    outputs = OUTPUT_KINDS if kinds == "all" else tuple(kinds.split(","))
+    return ExplainSettings(methods=(method,), outputs=outputs, picture_format=picture_format or "png")
 
 
 if __name__ == "__main__":

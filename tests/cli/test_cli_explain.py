@@ -209,6 +209,31 @@ def test_outputs_selects_the_files_written_and_keys_the_resume(tmp_path, capsys)
     assert sorted(p.suffix for p in (tmp_path / "maps" / "coffee_jpg").iterdir()).count(".png") == 3
 
 
+def test_jpeg_pictures_match_the_png_ones_and_key_the_resume(tmp_path, capsys):
+    """--picture-format jpg writes the same overlay and panel as JPEG (within JPEG's error), the same maps,
+    and a rerun in the other format redoes the item while one in the same format skips it."""
+    shutil.copy(sample_path("coffee"), tmp_path / "coffee.jpg")
+    base = ["explain", tmp_path / "coffee.jpg", "--method", "gradcam", *FAST]
+    assert run([*base, "--out", tmp_path / "png"], capsys)[0] == 0
+    assert run([*base, "--out", tmp_path / "jpg", "--picture-format", "jpg"], capsys)[0] == 0
+    written = sorted(p.name for p in (tmp_path / "jpg" / "coffee_jpg").iterdir())
+    assert written == ["gradcam_967_espresso.jpg", "gradcam_967_espresso.npy", "item.json", "panel_967_espresso.jpg"]
+    for name in ("gradcam_967_espresso", "panel_967_espresso"):
+        lossless = np.asarray(Image.open(tmp_path / "png" / "coffee_jpg" / f"{name}.png").convert("RGB"), dtype=float)
+        jpeg = np.asarray(Image.open(tmp_path / "jpg" / "coffee_jpg" / f"{name}.jpg"), dtype=float)
+        assert jpeg.shape == lossless.shape
+        assert np.abs(jpeg - lossless).mean() < 3.0  # quality 95: a few levels on average, not another picture
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "jpg" / "coffee_jpg" / "gradcam_967_espresso.npy"),
+        np.load(tmp_path / "png" / "coffee_jpg" / "gradcam_967_espresso.npy"),
+    )
+    code, out, _ = run([*base, "--out", tmp_path / "jpg", "--picture-format", "jpg"], capsys)
+    assert code == 0 and "0 explained, 1 already done" in out
+    code, out, _ = run([*base, "--out", tmp_path / "jpg"], capsys)
+    assert code == 0 and "1 explained, 0 already done" in out
+    assert (tmp_path / "jpg" / "coffee_jpg" / "gradcam_967_espresso.png").is_file()
+
+
 def test_missing_path_is_an_error(tmp_path, capsys):
     code, _, err = run(["explain", tmp_path / "absent.jpg", "--out", tmp_path / "out"], capsys)
     assert code == 2 and "absent.jpg" in err

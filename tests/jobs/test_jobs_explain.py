@@ -69,3 +69,11 @@ def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.Monk
             assert ours.shape == (2, height, width)
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
             assert ours.untyped_storage().nbytes() == ours.numel() * 4  # its own storage, not a batch view
+
+
+def test_settings_refuse_an_unknown_picture_format_and_key_a_jpeg_choice() -> None:
+    with pytest.raises(ValueError, match="picture_format must be one of png, jpg; got 'gif'"):
+        jobs.ExplainSettings(picture_format="gif")
+    png, jpg = jobs.ExplainSettings(), jobs.ExplainSettings(picture_format="jpg")
+    assert "picture_format" not in png.key("m", None)  # outputs of older versions stay reusable
+    assert jpg.key("m", None)["picture_format"] == "jpg"

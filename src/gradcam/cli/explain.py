@@ -20,7 +20,9 @@ from ..jobs import ExplainSettings, explain_files
 from ..jobs.explain import (
     CLASS_TASKS,
     DEFAULT_TASK,
+    JPEG_QUALITY,
     OUTPUT_KINDS,
+    PICTURE_FORMATS,
     TaskOptions,
     as_detector,
     distributed_rank,
@@ -80,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--writers",
         type=int,
         default=None,
-        help="processes drawing and writing outputs (default 2 on a GPU; 0 = one thread, the CPU default)",
+        help="processes drawing and writing outputs (default 2 on a GPU; 0 = threads, the CPU default)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
@@ -89,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(OUTPUT_KINDS),
         metavar="KINDS",
         help=f"files to write per image and class, comma-separated from {','.join(OUTPUT_KINDS)} (default: all)",
+    )
+    parser.add_argument(
+        "--picture-format",
+        default="png",
+        choices=PICTURE_FORMATS,
+        help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: ~8x smaller, "
+        "~10x faster to write)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
@@ -132,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer,
         task=task,
         outputs=outputs,
+        picture_format=args.picture_format,
     )
     # On the CPU the model's own threads already use every core: extra processes only compete with them
     # (measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or writer)

@@ -1,10 +1,10 @@
 """Explain many image files: decode in parallel, explain in batches, write overlays atomically, resume.
 
 For every readable image it writes, in ``OUT/<relative path>/``, per method and explained target:
-an overlay PNG at the image's original resolution, the map as ``.npy`` (float32, original
-resolution), a panel like the paper's figures, and ``item.json`` last (the item is done once it
-exists). ``OUT/manifest.json`` lists every item. A bad file is reported and skipped; a rerun skips
-finished items unless ``overwrite``.
+an overlay at the image's original resolution (PNG, or JPEG with ``picture_format="jpg"``), the map
+as ``.npy`` (float32, original resolution), a panel like the paper's figures, and ``item.json`` last
+(the item is done once it exists). ``OUT/manifest.json`` lists every item. A bad file is reported
+and skipped; a rerun skips finished items unless ``overwrite``.
 
 The explained scalar ``y`` (Selvaraju et al., ICCV 2017, sec. 3: any differentiable score) is set
 by :class:`TaskOptions`: a class logit (default, the paper's ``y^c``), a class probability, a
@@ -17,6 +17,7 @@ mapped through each image's preprocessing :class:`Geometry`.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing
@@ -39,7 +40,14 @@ from ..errors import LayerError, TargetError
 from ..explanation import Explanation
 from ..imaging import draw
 from ..imaging.geometry import Geometry, PreprocessConfig, image_pixels, preprocess
-from ..imaging.io import ImageReadError, load_image, save_npy_atomic, save_png_atomic, write_json_atomic
+from ..imaging.io import (
+    ImageReadError,
+    load_image,
+    save_npy_atomic,
+    save_png_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer
 from ..models import LoadedModel
@@ -94,8 +102,12 @@ class TaskOptions:
         return json.loads(json.dumps({"name": self.name, **given}))
 
 
-#: The files written per image and class: the overlay PNG, the heatmap ``.npy``, the panel PNG.
+#: The files written per image and class: the overlay picture, the heatmap ``.npy``, the panel picture.
 OUTPUT_KINDS = ("overlay", "heatmap", "panel")
+#: How overlays and panels are stored: PNG (lossless, the default) or JPEG at quality 95 (about 8 x
+#: smaller and 10 x faster to encode than our PNG encoder on a 640 x 480 overlay).
+PICTURE_FORMATS = ("png", "jpg")
+JPEG_QUALITY = 95
 
 
 def valid_outputs(kinds: Sequence[str]) -> bool:
@@ -116,10 +128,13 @@ class ExplainSettings:
     layer: str | None = None
     task: TaskOptions = field(default_factory=TaskOptions)
     outputs: tuple[str, ...] = OUTPUT_KINDS
+    picture_format: str = "png"
 
     def __post_init__(self) -> None:
         if not valid_outputs(self.outputs):
             raise ValueError(f"outputs must be a non-empty subset of {', '.join(OUTPUT_KINDS)}; got {self.outputs}")
+        if self.picture_format not in PICTURE_FORMATS:
+            raise ValueError(f"picture_format must be one of {', '.join(PICTURE_FORMATS)}; got {self.picture_format!r}")
 
     @property
     def draws(self) -> bool:
@@ -135,6 +150,8 @@ class ExplainSettings:
             data.pop("task")
         if set(self.outputs) == set(OUTPUT_KINDS):
             data.pop("outputs")
+        if self.picture_format == "png":
+            data.pop("picture_format")
         return json.loads(json.dumps({"model": model_name, "layer": layer, **data}))
 
 
@@ -708,16 +725,25 @@ def _write_item(
                 tiles.append(picture)
                 titles.append(f"{TITLES.get(name, name)}: {label}")
                 if "overlay" in kinds:
-                    output["overlay"] = str(save_png_atomic(item_dir / f"{stem}.png", picture))
+                    output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format))
             if "heatmap" in kinds:
                 output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy()))
             outputs.append(output)
         if "panel" in kinds:
             panel = draw.panel(tiles, titles, tile_height=min(original.height, PANEL_TILE_HEIGHT))
-            panel_path = save_png_atomic(item_dir / f"panel_{target_id}_{_slug(label)}.png", panel)
+            panel_path = _save_picture(item_dir / f"panel_{target_id}_{_slug(label)}", panel, settings.picture_format)
             for output in outputs[-len(maps) :]:
                 output["panel"] = str(panel_path)
     return outputs
+
+
+def _save_picture(stem: Path, picture: Image.Image, picture_format: str) -> Path:
+    """Write ``stem.png`` (lossless) or ``stem.jpg`` (quality :data:`JPEG_QUALITY`) atomically."""
+    if picture_format == "jpg":
+        data = io.BytesIO()
+        picture.convert("RGB").save(data, format="JPEG", quality=JPEG_QUALITY)
+        return write_bytes_atomic(stem.with_name(stem.name + ".jpg"), data.getvalue())
+    return save_png_atomic(stem.with_name(stem.name + ".png"), picture)
 
 
 def _finish_item(
@@ -804,7 +830,7 @@ def explain_files(
 
     Decoding runs in ``workers`` DataLoader processes, overlapping the model (on a GPU), or with
     ``workers=0`` in ``torch.get_num_threads()`` threads between model steps (on a CPU, where the
-    model uses every core); drawing/encoding runs in ``writers`` processes (0: one thread). Under
+    model uses every core); drawing/encoding runs in ``writers`` processes (0: threads). Under
     ``torchrun`` each rank takes a disjoint shard (``pending[rank::world]``) and rank 0 writes the
     merged manifest. Non-class tasks look at the model's output once per batch (no gradients) to build
     the target and the predictions.
@@ -948,10 +974,13 @@ def _merge_ranks(summary: JobSummary, records: dict[str, dict[str, Any]]) -> Job
 
 
 def _writer_pool(writers: int) -> Executor:
-    """Processes that draw, encode and write the outputs (PNG encoding holds the GIL for much of its
-    time, so threads do not scale); ``writers=0`` draws in one thread of this process."""
+    """Processes that draw, encode and write the outputs, or with ``writers=0`` threads of this process,
+    one per torch thread: zlib, PIL's resampling and file writes release the GIL, so on a CPU device
+    the threads draw on every core while the model waits for them (Lite0, 2 cores, every output
+    written: 0.19 -> 0.26 x the forward's images/s with 2 threads instead of 1)."""
     if writers <= 0:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-writer")
+        threads = max(1, torch.get_num_threads())
+        return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gradcam-writer")
     return ProcessPoolExecutor(
         max_workers=writers, mp_context=multiprocessing.get_context("fork"), initializer=_init_writer
     )
