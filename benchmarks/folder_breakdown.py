@@ -78,7 +78,7 @@ def main() -> None:
         def write(folder: Path, heatmap: torch.Tensor | None) -> None:
             if heatmap is not None:
                 save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy())
-            write_json_atomic(folder / "item.json", {"input": folder.name, "outputs": []})
+            write_json_atomic(folder / "item.json", {"input": folder.name, "outputs": []}, durable=False)
 
         def stage(level: int) -> None:
             if level == 6:

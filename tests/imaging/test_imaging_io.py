@@ -253,3 +253,15 @@ def test_save_png_atomic_keeps_other_modes_through_pil(tmp_path: Path) -> None:
     save_png_atomic(tmp_path / "a.png", image)
     back = Image.open(tmp_path / "a.png")
     assert back.mode == "RGBA" and back.getpixel((2, 1)) == (10, 20, 30, 40)
+
+
+def test_durable_writes_fsync_and_others_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_json_atomic(tmp_path / "durable.json", {"a": 1})
+    assert len(synced) == 1
+    write_json_atomic(tmp_path / "marker.json", {"a": 2}, durable=False)
+    assert len(synced) == 1
+    assert json.loads((tmp_path / "marker.json").read_text()) == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["durable.json", "marker.json"]  # no temp files left

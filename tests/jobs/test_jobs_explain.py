@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,21 @@ def test_settings_refuse_an_unknown_picture_format_and_key_a_jpeg_choice() -> No
     png, jpg = jobs.ExplainSettings(), jobs.ExplainSettings(picture_format="jpg")
     assert "picture_format" not in png.key("m", None)  # outputs of older versions stay reusable
     assert jpg.key("m", None)["picture_format"] == "jpg"
+
+
+def test_an_empty_or_torn_done_marker_is_redone(tmp_path: Path) -> None:
+    """item.json is written without fsync: after a power cut it may be empty; the rerun must redo the item."""
+    from gradcam.models import load_model
+
+    paths = _folder(tmp_path)[:2]
+    loaded = load_model()
+    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+    first = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    assert first.done == 2
+    markers = sorted((tmp_path / "out").rglob("item.json"))
+    markers[0].write_text("")
+    markers[1].write_text('{"input": ')
+    again = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    assert (again.done, again.skipped) == (2, 0)
+    assert all(json.loads(m.read_text())["outputs"] for m in markers)

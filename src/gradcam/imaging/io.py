@@ -194,11 +194,14 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
-def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write via ``write(file)`` to a temp file next to ``path``, fsync, then os.replace onto ``path``.
+def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any], durable: bool = True) -> Path:
+    """Write via ``write(file)`` to a temp file next to ``path``, fsync (when ``durable``), then
+    os.replace onto ``path``: a reader sees the old file or the whole new one, never part of one.
 
     Parent folders are created. On any error the temp file is removed, ``path`` is left untouched and
-    the error re-raised. The result gets the usual permissions (0o666 minus the umask).
+    the error re-raised. The result gets the usual permissions (0o666 minus the umask). Without
+    ``durable`` the data may still be in the page cache when this returns; after a power cut the file
+    may then be missing or empty (never torn into another file's bytes).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,8 @@ def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
             temp_name = temp.name
             write(temp)
             temp.flush()
-            os.fsync(temp.fileno())
+            if durable:
+                os.fsync(temp.fileno())
         with contextlib.suppress(OSError):
             os.chmod(temp_name, _FILE_MODE)
         os.replace(temp_name, target)
@@ -283,12 +287,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Atomically write ``obj`` as UTF-8 JSON (indent=2, key order kept, trailing newline).
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, durable: bool = True) -> Path:
+    """Atomically write ``obj`` as UTF-8 JSON (indent=2, key order kept, trailing newline); ``durable``
+    as in :func:`_write_atomic`.
 
     NaN/Infinity are refused (ValueError) since they are not valid JSON; the old file then stays intact.
     """
     text = json.dumps(
         obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False, default=_json_default
     )
-    return write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    data = (text + "\n").encode("utf-8")
+    return _write_atomic(path, lambda file: file.write(data), durable)
