@@ -1,6 +1,7 @@
 """Where a folder job's time goes: `gradcam explain DIR --outputs heatmap` rebuilt one stage at a time.
 
     python benchmarks/folder_breakdown.py --images 64 --rounds 12
+    python benchmarks/folder_breakdown.py --device cuda --images 512 --batch 32 --rounds 5
 
 Each row adds one stage of the job to the row above, using the job's own functions, so a row's
 "added" column is what that stage costs per image on the job's critical path:
@@ -20,10 +21,10 @@ speed drifts by +-20 % over minutes.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from gradcam.jobs.explain import (
     ImageFiles,
     _Explainers,
     _saliency_2d,
+    _writer_pool,
     decoded_batches,
     explain_files,
     maps_to_originals,
@@ -59,48 +61,61 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
+    parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does
+    device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
+    workers = args.workers if args.workers is not None else (0 if on_cpu else min(4, os.cpu_count() or 1))
+    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
     loaded = load_model()
-    model = loaded.model
+    model = loaded.model.to(device)
     settings = ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
     threads = torch.get_num_threads()
     serial = count()
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as writer:
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with tempfile.TemporaryDirectory() as tmp, _writer_pool(writers) as writer:
         root = Path(tmp)
         (root / "in").mkdir()
         paths = make_folder(root / "in", args.images)
         files = ImageFiles(paths, loaded.preprocess, keep_original=False)
-        ready = list(decoded_batches(files, args.batch, 0, threads, False))
+        ready = [b["x"].to(device) for b in decoded_batches(files, args.batch, 0, threads, False)]
+        geometries = [b["geometries"] for b in decoded_batches(files, args.batch, 0, threads, False)]
         explainers = _Explainers(model, loaded.default_layer, settings.methods)
-        explainers.run(ready[0]["x"], settings)
-
-        def write(folder: Path, heatmap: torch.Tensor | None) -> None:
-            if heatmap is not None:
-                save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy())
-            write_json_atomic(folder / "item.json", {"input": folder.name, "outputs": []}, durable=False)
+        explainers.run(ready[0], settings)
 
         def stage(level: int) -> None:
             if level == 6:
                 explain_files(paths, loaded, settings, root / f"job-{next(serial)}", batch_size=args.batch,
-                              device="cpu", workers=0, writers=0, progress=False)  # fmt: skip
+                              device=device, workers=workers, writers=writers, progress=False)  # fmt: skip
                 return
-            batches = decoded_batches(files, args.batch, 0, threads, False) if level >= 2 else ready
+            if level >= 2:
+                batches = ((b["x"].to(device, non_blocking=True), b["geometries"])
+                           for b in decoded_batches(files, args.batch, workers, threads, not on_cpu))  # fmt: skip
+            else:
+                batches = zip(ready, geometries)
             pending = []
-            for batch in batches:
+            for x, batch_geometries in batches:
                 if level == 0:
                     with torch.inference_mode():
-                        model(batch["x"])
+                        model(x)
                     continue
-                results, _, _ = explainers.run(batch["x"], settings)
+                results, _, _ = explainers.run(x, settings)
                 if level < 3:
                     continue
-                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch["geometries"])
+                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries)
                 if level < 4:
                     continue
                 for heatmap in maps:
                     folder = root / f"item-{next(serial)}"
                     pending.append(writer.submit(write, folder, heatmap if level >= 5 else None))
+            sync()
             for future in pending:
                 future.result()
 
@@ -109,17 +124,26 @@ def main() -> None:
         times: list[list[float]] = [[] for _ in ROWS]
         for _ in range(args.rounds):
             for level in range(len(ROWS)):
+                sync()
                 start = time.perf_counter()
                 stage(level)
                 times[level].append((time.perf_counter() - start) / args.images * 1e3)
     medians = [statistics.median(t) for t in times]
-    print(f"model {loaded.name}, batch {args.batch}, {args.images} JPEGs (640x480), torch threads {threads}, "
-          f"{args.rounds} interleaved rounds, medians")  # fmt: skip
+    print(f"model {loaded.name}, device {device}, batch {args.batch}, {args.images} JPEGs (640x480), "
+          f"torch threads {threads}, workers {workers}, writers {writers}, {args.rounds} interleaved rounds, "
+          "medians")  # fmt: skip
     print("| stage | ms / image | added | ratio to forward |")
     print("|---|---|---|---|")
     for level, (row, median) in enumerate(zip(ROWS, medians)):
         added = "" if level in (0, 6) else f"{median - medians[level - 1]:+.2f}"
         print(f"| {row} | {median:.2f} | {added} | {medians[0] / median:.2f} |")
+
+
+def write(folder: Path, heatmap: torch.Tensor | None) -> None:
+    """What the job's writer does for one heatmap item (module level: writer processes pickle it)."""
+    if heatmap is not None:
+        save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy())
+    write_json_atomic(folder / "item.json", {"input": folder.name, "outputs": []}, durable=False)
 
 
 if __name__ == "__main__":
