@@ -96,3 +96,23 @@ def test_an_empty_or_torn_done_marker_is_redone(tmp_path: Path) -> None:
     again = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
     assert (again.done, again.skipped) == (2, 0)
     assert all(json.loads(m.read_text())["outputs"] for m in markers)
+
+
+def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Path) -> None:
+    import threading
+
+    def fresh_thread_count() -> int:
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite runs with 1, which a thread's set_num_threads(1) would not change
+    try:
+        assert (torch.get_num_threads(), fresh_thread_count()) == (2, 2)
+        list(decoded_batches(ImageFiles(_folder(tmp_path), CONFIG), 2, workers=0, threads=2, pin_memory=False))
+        assert (torch.get_num_threads(), fresh_thread_count()) == (2, 2)
+    finally:
+        torch.set_num_threads(previous)
