@@ -198,9 +198,10 @@ def test_crop_pct() -> None:
     assert PreprocessConfig(input_size=224, resize_size=256).crop_pct == pytest.approx(0.875)
 
 
-def test_preprocess_takes_pixels_or_a_pil_image_alike() -> None:
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_preprocess_takes_pixels_or_a_pil_image_alike(interpolation: str) -> None:
     image = _random_image(320, 200, seed=5)
-    config = PreprocessConfig(interpolation="bicubic")
+    config = PreprocessConfig(interpolation=interpolation)
     from_pil, geometry = preprocess(image, config)
     from_pixels, same = preprocess(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous(), config)
     assert same == geometry
