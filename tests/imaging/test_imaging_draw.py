@@ -82,7 +82,7 @@ def test_overlay_table_equals_the_float64_formula(alpha: float, name: str) -> No
     pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     pixels[..., 0] = np.arange(256)[:, None]  # every base value meets every heatmap index in channel 0
     heatmap = np.tile(np.arange(256) / 255.0, (256, 1))
-    heatmap[0, :4] = [np.nan, 2.0, -1.0, np.inf]
+    heatmap[0, :5] = [np.nan, 2.0, -1.0, np.inf, -np.inf]
     out = np.asarray(overlay(Image.fromarray(pixels), heatmap, alpha=alpha, colormap=name)).astype(np.int64)
     indices = np.floor(np.clip(np.nan_to_num(heatmap, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255 + 0.5)
     colour = colormap(name)[indices.astype(int)].astype(np.float64)

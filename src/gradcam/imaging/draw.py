@@ -106,9 +106,9 @@ def _to_numpy_2d(values: ArrayLike, what: str) -> np.ndarray:
 
 
 def _heatmap_indices(heatmap: ArrayLike) -> np.ndarray:
-    """LUT indices ``round(clip(v, 0, 1) * 255)`` with NaN -> 0."""
-    values = np.nan_to_num(_to_numpy_2d(heatmap, "heatmap"), nan=0.0, posinf=1.0, neginf=0.0, copy=True)
-    np.clip(values, 0.0, 1.0, out=values)
+    """LUT indices ``round(clip(v, 0, 1) * 255)`` with NaN -> 0 (and -inf -> 0, +inf -> 255)."""
+    values = np.fmax(_to_numpy_2d(heatmap, "heatmap"), 0.0)  # a new array; fmax(NaN, 0) = 0
+    np.fmin(values, 1.0, out=values)
     values *= 255.0
     values += 0.5
     return np.floor(values, out=values).astype(np.uint8)  # in [0, 255]: floor(v * 255 + 0.5), in place
