@@ -116,3 +116,50 @@ def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Pa
         assert (torch.get_num_threads(), fresh_thread_count()) == (2, 2)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The writers' backlog is bounded by bytes as well as by count; waiting on it loses nothing."""
+    from gradcam.models import load_model
+
+    paths = _folder(tmp_path)[:5]
+    loaded = load_model()
+    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+    real_pool = jobs._writer_pool
+
+    def counted(budget: int, out: Path) -> tuple[jobs.JobSummary, int]:
+        backlog = {"now": 0, "max": 0}
+
+        class Counted:
+            def __init__(self, future):
+                self.future = future
+
+            def result(self, timeout=None):
+                backlog["now"] -= 1
+                return self.future.result(timeout)
+
+        class Pool:
+            def __init__(self, writers):
+                self.pool = real_pool(writers)
+
+            def submit(self, *args):
+                backlog["now"] += 1
+                backlog["max"] = max(backlog["max"], backlog["now"])
+                return Counted(self.pool.submit(*args))
+
+            def shutdown(self, wait=True):
+                self.pool.shutdown(wait=wait)
+
+        monkeypatch.setattr(jobs, "IN_FLIGHT_BYTES", budget)
+        monkeypatch.setattr(jobs, "_writer_pool", Pool)
+        return jobs.explain_files(paths, loaded, settings, out, **run), backlog["max"]
+
+    free, free_backlog = counted(1 << 30, tmp_path / "free")
+    tight, tight_backlog = counted(1, tmp_path / "tight")
+    assert free_backlog == 5  # two batches of two may wait, plus the third batch's one
+    assert tight_backlog == 3  # at most one item left waiting when the next batch's two arrive
+    assert free.done == tight.done == 5
+    assert [i["input"] for i in tight.items] == [i["input"] for i in free.items]
+    for a, b in zip(sorted((tmp_path / "free").rglob("*.npy")), sorted((tmp_path / "tight").rglob("*.npy"))):
+        np.testing.assert_array_equal(np.load(a), np.load(b))

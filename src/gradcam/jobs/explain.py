@@ -768,6 +768,8 @@ def _finish_item(
     return record
 
 
+#: At most this many bytes of maps and pixels wait for the writers (12-megapixel photos: 48 MB per map).
+IN_FLIGHT_BYTES = 1 << 30
 _RESAMPLE_ELEMENTS = 1 << 25  # at most 128 MiB of float32 maps on original pixels per resampling call
 
 
@@ -878,11 +880,11 @@ def explain_files(
     files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
     loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
     bar = _progress(len(shard), progress and rank == 0)
-    in_flight: list[tuple[Path, Future]] = []
+    in_flight: list[tuple[Path, Future, int]] = []  # (input, writer task, bytes of maps and pixels it holds)
 
     def drain(keep: int) -> None:
-        while len(in_flight) > keep:
-            path, future = in_flight.pop(0)
+        while len(in_flight) > keep or (len(in_flight) > 1 and sum(i[2] for i in in_flight) > IN_FLIGHT_BYTES):
+            path, future, _ = in_flight.pop(0)
             record = future.result()
             records[str(path)] = record
             summary.done += 1
@@ -947,8 +949,10 @@ def explain_files(
                         _finish_item, out_dir / output_folder(path, root), record, original, maps, item_scores,
                         targets, settings,
                     )  # fmt: skip
-                    in_flight.append((path, future))
-            drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind the model
+                    held = sum(m.numel() * m.element_size() for m in maps.values())
+                    held += 0 if pixels is None else pixels.numel()
+                    in_flight.append((path, future, held))
+            drain(keep=2 * batch_size)  # bounded: at most two batches, and IN_FLIGHT_BYTES, of drawing behind
         drain(keep=0)
     finally:
         loader.close()  # stops the decoding threads (and restores the thread setting) even on an error
