@@ -21,7 +21,6 @@ speed drifts by +-20 % over minutes.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from gradcam.jobs.explain import (
     _saliency_2d,
     _writer_pool,
     decoded_batches,
+    default_pipeline,
     explain_files,
     maps_to_originals,
 )
@@ -68,8 +68,9 @@ def main() -> None:
     keep_freed_memory()  # as the gradcam CLI does
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
-    workers = args.workers if args.workers is not None else (0 if on_cpu else min(4, os.cpu_count() or 1))
-    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
+    default_workers, default_writers = default_pipeline(device, args.images)
+    workers = default_workers if args.workers is None else args.workers
+    writers = default_writers if args.writers is None else args.writers
     loaded = load_model()
     model = loaded.model.to(device)
     settings = ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
@@ -85,8 +86,9 @@ def main() -> None:
         (root / "in").mkdir()
         paths = make_folder(root / "in", args.images)
         files = ImageFiles(paths, loaded.preprocess, keep_original=False)
-        ready = [b["x"].to(device) for b in decoded_batches(files, args.batch, 0, threads, False)]
-        geometries = [b["geometries"] for b in decoded_batches(files, args.batch, 0, threads, False)]
+        decoded = list(decoded_batches(files, args.batch, 0, threads, False))
+        ready = [b["x"].to(device) for b in decoded]
+        geometries = [b["geometries"] for b in decoded]
         explainers = _Explainers(model, loaded.default_layer, settings.methods)
         explainers.run(ready[0], settings)
 

@@ -17,7 +17,6 @@ each ``;``-separated choice of ``--outputs`` is a row.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import tempfile
@@ -29,7 +28,7 @@ from PIL import Image, ImageOps
 
 from gradcam.assets import sample_names, sample_path
 from gradcam.jobs import ExplainSettings, explain_files
-from gradcam.jobs.explain import OUTPUT_KINDS
+from gradcam.jobs.explain import OUTPUT_KINDS, default_pipeline
 from gradcam.models import load_model
 from gradcam.runtime import keep_freed_memory
 
@@ -84,9 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does: the forward and the explain job alike
     device = torch.device(args.device)
-    on_cpu = device.type == "cpu"
-    workers = args.workers if args.workers is not None else (0 if on_cpu else min(4, os.cpu_count() or 1))
-    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
+    default_workers, default_writers = default_pipeline(device, args.images)
+    workers = default_workers if args.workers is None else args.workers
+    writers = default_writers if args.writers is None else args.writers
     loaded = load_model()
     loaded.model.to(device)
     choices = args.outputs.split(";")

@@ -163,3 +163,12 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
     assert [i["input"] for i in tight.items] == [i["input"] for i in free.items]
     for a, b in zip(sorted((tmp_path / "free").rglob("*.npy")), sorted((tmp_path / "tight").rglob("*.npy"))):
         np.testing.assert_array_equal(np.load(a), np.load(b))
+
+
+def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
+    assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 16)
+    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (4, 2)
+    assert jobs.default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: None)
+    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (1, 2)

@@ -9,7 +9,6 @@ Boxes and masks are in original image pixels.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..jobs.explain import (
     PICTURE_FORMATS,
     TaskOptions,
     as_detector,
+    default_pipeline,
     distributed_rank,
     valid_outputs,
 )  # fmt: skip
@@ -143,13 +143,9 @@ def run(args: argparse.Namespace) -> int:
         outputs=outputs,
         picture_format=args.picture_format,
     )
-    # On the CPU the model's own threads already use every core: extra processes only compete with them
-    # (measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or writer)
-    on_cpu = device.type == "cpu"
-    workers = args.workers
-    if workers is None:
-        workers = 0 if on_cpu else min(4, os.cpu_count() or 1, max(0, len(paths) - 1))
-    writers = args.writers if args.writers is not None else (0 if on_cpu else 2)
+    default_workers, default_writers = default_pipeline(device, len(paths))
+    workers = default_workers if args.workers is None else args.workers
+    writers = default_writers if args.writers is None else args.writers
     out = Path(args.out)
 
     def report(line: str, is_error: bool) -> None:

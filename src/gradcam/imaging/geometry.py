@@ -279,12 +279,18 @@ def preprocess(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> t
     are converted to RGB first.
     """
     pixels = image_pixels(image)
-    interpolation = resample_filter(config.interpolation).name.lower()  # a clear error for an unknown name
     geometry = compute_geometry((pixels.shape[2], pixels.shape[1]), config)
+    return normalized_crop(pixels, geometry, config), geometry
+
+
+def normalized_crop(pixels: torch.Tensor, geometry: Geometry, config: PreprocessConfig) -> torch.Tensor:
+    """The model input for uint8 (3, H0, W0) ``pixels`` laid out by ``geometry``: :func:`resized_crop`
+    with ``config.interpolation``, then ``x = (pixel / 255 - mean) / std`` per channel, float32."""
+    interpolation = config.pil_resample.name.lower()  # a clear error for an unknown name
     tensor = resized_crop(pixels, geometry, interpolation).to(torch.float32).div(255)
     mean = torch.as_tensor(config.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.as_tensor(config.std, dtype=torch.float32).view(-1, 1, 1)
-    return tensor.sub(mean).div(std), geometry
+    return tensor.sub(mean).div(std)
 
 
 def preprocess_batch(

@@ -226,9 +226,9 @@ def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
     return target
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
     """Atomically write ``data`` to ``path`` (see :func:`_write_atomic`)."""
-    return _write_atomic(path, lambda file: file.write(data))
+    return _write_atomic(path, lambda file: file.write(data), durable)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -296,5 +296,4 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, durable: bool = Tr
     text = json.dumps(
         obj, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False, default=_json_default
     )
-    data = (text + "\n").encode("utf-8")
-    return _write_atomic(path, lambda file: file.write(data), durable)
+    return write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable)

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -824,6 +825,18 @@ def _explain_group(
     if len(keep) < len(x):
         x = x[torch.tensor(keep, device=x.device)]
     return explainers.run_target(x, target), keep, failures, items
+
+
+def default_pipeline(device: torch.device, files: int) -> tuple[int, int]:
+    """``(decoding workers, writer processes)`` for ``files`` images on ``device`` when not given.
+
+    On the CPU the model's own threads already use every core, so both stay in this process (0: threads;
+    measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or
+    writer). On an accelerator up to 4 decoding processes (no more than files - 1) and 2 writers.
+    """
+    if device.type == "cpu":
+        return 0, 0
+    return min(4, os.cpu_count() or 1, max(0, files - 1)), 2
 
 
 def explain_files(

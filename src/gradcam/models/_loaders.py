@@ -122,15 +122,11 @@ class WholeImagePreprocess(PreprocessConfig):
     def __call__(self, image: Any) -> tuple[torch.Tensor, Geometry]:
         """PIL image or uint8 (3, H, W) pixels -> normalised float32 (3, H1, W1) tensor of the whole
         resized image (resampled as :func:`gradcam.imaging.geometry.resized_crop`), and its Geometry."""
-        from gradcam.imaging.geometry import image_pixels, resample_filter, resized_crop
+        from gradcam.imaging.geometry import image_pixels, normalized_crop
 
         pixels = image_pixels(image)
         geometry = self.geometry((pixels.shape[2], pixels.shape[1]))
-        interpolation = resample_filter(self.interpolation).name.lower()
-        tensor = resized_crop(pixels, geometry, interpolation).to(torch.float32).div(255)
-        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return tensor.sub(mean).div(std), geometry
+        return normalized_crop(pixels, geometry, self), geometry
 
 
 # --------------------------------------------------------------------------------------------- weights
