@@ -11,25 +11,33 @@ flips). The floor is the model's ``torch.inference_mode()`` forward on ready ten
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
 writes an overlay PNG, a .npy map, a panel and item.json per image (``all``), the same with JPEG
 overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .npy maps and item.json);
-each ``;``-separated choice of ``--outputs`` is a row.
+each ``;``-separated choice of ``--outputs`` is a row. A row ending in ``+pil`` decodes every JPEG with
+PIL instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run.
+
+``--model`` is ``efficientnet_lite0`` (the CLI's default, ImageNet weights) or a torchvision classifier
+name (``resnet50``, ``vgg16``, ...) with random weights: the costs do not depend on the weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torchvision
 from PIL import Image, ImageOps
 
 from gradcam.assets import sample_names, sample_path
+from gradcam.imaging import io as image_io
 from gradcam.jobs import ExplainSettings, explain_files
 from gradcam.jobs.explain import OUTPUT_KINDS, default_pipeline
-from gradcam.models import load_model
+from gradcam.models import LoadedModel, load_model
 from gradcam.runtime import keep_freed_memory
 
 
@@ -74,10 +82,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
     parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
     parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 or a torchvision name")
     parser.add_argument(
         "--outputs",
         default="all;all:jpg;heatmap",
-        help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels",
+        help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels, "
+        "'+pil' to decode with PIL",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
     args = parser.parse_args()
@@ -86,28 +96,30 @@ def main() -> None:
     default_workers, default_writers = default_pipeline(device, args.images)
     workers = default_workers if args.workers is None else args.workers
     writers = default_writers if args.writers is None else args.writers
-    loaded = load_model()
-    loaded.model.to(device)
     choices = args.outputs.split(";")
     floors: list[float] = []
     rates: dict[str, list[float]] = {c: [] for c in choices}
     ratios: dict[str, list[float]] = {c: [] for c in choices}
     with tempfile.TemporaryDirectory() as tmp:
+        loaded = timing_model(args.model, Path(tmp))
+        loaded.model.to(device)
         (Path(tmp) / "in").mkdir()
         paths = make_folder(Path(tmp) / "in", args.images)
         run = dict(batch_size=args.batch, device=device, workers=workers, writers=writers, progress=False)
         size = loaded.preprocess.input_size
         forward_throughput(loaded.model, args.batch, size, device, batches=2)  # warm-up
         for choice in choices:  # warm-up
-            settings = _settings(args.method, choice)
-            explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / "warm", overwrite=True, **run)
+            with _decoder(choice):
+                settings = _settings(args.method, choice)
+                explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / "warm", overwrite=True, **run)
         for r in range(args.rounds):
             batches = max(2, args.images // args.batch)
             floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
             floors.append(floor)
             for choice in choices:
                 settings = _settings(args.method, choice)
-                summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
+                with _decoder(choice):
+                    summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
                 rates[choice].append(summary.done / summary.seconds)
                 ratios[choice].append(rates[choice][-1] / floor)
     print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {workers}, writers {writers}, "
@@ -122,8 +134,31 @@ def main() -> None:
               f"({low:.2f}-{high:.2f}) |")  # fmt: skip
 
 
+def timing_model(name: str, folder: Path) -> LoadedModel:
+    """The CLI's default model, or a torchvision classifier with random weights (saved to ``folder``)."""
+    if name == "efficientnet_lite0":
+        return load_model()
+    weights = folder / f"{name}-random.pt"
+    torch.save(torchvision.models.get_model(name).state_dict(), weights)
+    return load_model(f"torchvision:{name}", weights=weights)
+
+
+@contextlib.contextmanager
+def _decoder(choice: str) -> Iterator[None]:
+    """PIL decodes every JPEG inside when ``choice`` ends in ``+pil``."""
+    if not choice.endswith("+pil"):
+        yield
+        return
+    own = image_io._jpeg_decoder
+    image_io._jpeg_decoder = lambda: None
+    try:
+        yield
+    finally:
+        image_io._jpeg_decoder = own
+
+
 def _settings(method: str, choice: str) -> ExplainSettings:
-    kinds, _, picture_format = choice.partition(":")
+    kinds, _, picture_format = choice.removesuffix("+pil").partition(":")
     outputs = OUTPUT_KINDS if kinds == "all" else tuple(kinds.split(","))
     return ExplainSettings(methods=(method,), outputs=outputs, picture_format=picture_format or "png")
 

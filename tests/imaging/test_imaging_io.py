@@ -8,13 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from gradcam.imaging import io as image_io
+from gradcam.imaging.geometry import image_pixels
 from gradcam.imaging.io import (
     ImageReadError,
     encode_png,
     find_images,
     load_image,
+    read_pixels,
     save_npy_atomic,
     save_png_atomic,
     write_bytes_atomic,
@@ -148,6 +152,142 @@ def test_missing_and_empty_files_raise_image_read_error(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageReadError, match="empty.png.*empty"):
         load_image(tmp_path / "empty.png")
+
+
+# ------------------------------------------------------------------ read_pixels: TorchCodec's JPEG path
+
+XMP_ORIENTATION_6 = (
+    b'<?xpacket begin=""?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+
+
+def _photo_like(width: int, height: int) -> Image.Image:
+    """Smooth colour fields with edges: chroma subsampling and the IDCT both matter for these pixels."""
+    rng = np.random.default_rng(width * 1000 + height)
+    coarse = Image.fromarray(rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8))
+    pixels = np.array(coarse.resize((width, height), Image.Resampling.BICUBIC))
+    pixels[height // 3 : height // 2, width // 4 : width // 2] = (250, 20, 30)  # a sharp red block
+    return Image.fromarray(pixels)
+
+
+def _jpeg_variants(folder: Path) -> dict[str, tuple[Path, bool]]:
+    """name -> (file, whether TorchCodec should decode it)."""
+    photo = _photo_like(160, 120)
+    variants: dict[str, tuple[dict, Image.Image, bool]] = {
+        "420": ({"quality": 90}, photo, True),
+        "444": ({"quality": 90, "subsampling": 0}, photo, True),
+        "422": ({"quality": 90, "subsampling": 1}, photo, True),
+        "progressive": ({"quality": 80, "progressive": True}, photo, True),
+        "restart markers": ({"quality": 90, "restart_marker_blocks": 2}, photo, True),
+        "odd size": ({"quality": 90}, _photo_like(61, 37), True),
+        "gray": ({"quality": 90}, photo.convert("L"), True),
+        "cmyk": ({"quality": 90}, photo.convert("CMYK"), False),
+        "xmp orientation": ({"quality": 90, "xmp": XMP_ORIENTATION_6}, photo, False),
+    }
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION_TAG] = orientation
+        variants[f"exif {orientation}"] = ({"quality": 90, "exif": exif.tobytes()}, photo, True)
+    files = {}
+    for name, (options, image, fast) in variants.items():
+        path = folder / f"{name.replace(' ', '_')}.jpg"
+        image.save(path, format="JPEG", **options)
+        files[name] = (path, fast)
+    return files
+
+
+class _CountingDecoder:
+    def __init__(self, decode) -> None:
+        self.decode, self.calls = decode, 0
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        self.calls += 1
+        return self.decode(*args, **kwargs)
+
+
+def test_read_pixels_equals_load_image_for_every_jpeg_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchCodec's decode (when installed) gives PIL's pixels exactly, EXIF orientation included; CMYK
+    and XMP orientation (which TorchCodec does not read) go through PIL."""
+    decoder = image_io._jpeg_decoder()
+    counting = _CountingDecoder(decoder) if decoder is not None else None
+    monkeypatch.setattr(image_io, "_jpeg_decoder", lambda: counting)
+    for name, (path, fast) in _jpeg_variants(tmp_path).items():
+        calls = counting.calls if counting else 0
+        pixels = read_pixels(path)
+        expected = image_pixels(load_image(path))
+        assert pixels.dtype == torch.uint8 and pixels.shape == expected.shape, name
+        assert torch.equal(pixels, expected), name
+        if counting is not None:
+            assert counting.calls - calls == int(fast), name
+    rotated = read_pixels(tmp_path / "xmp_orientation.jpg")
+    assert rotated.shape == (3, 160, 120)  # PIL turned it by XMP's orientation 6
+
+
+def test_read_pixels_uses_torchcodec_when_installed() -> None:
+    pytest.importorskip("torchcodec.decoders", reason="TorchCodec is the `decode` extra")
+    image_io._jpeg_decoder.cache_clear()
+    assert image_io._jpeg_decoder() is not None
+
+
+def test_read_pixels_without_torchcodec_decodes_with_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "photo.jpg"
+    _photo_like(64, 48).save(path, quality=90)
+    expected = image_pixels(load_image(path))
+    monkeypatch.setitem(__import__("sys").modules, "torchcodec.decoders", None)  # `import` now raises
+    image_io._jpeg_decoder.cache_clear()
+    try:
+        assert image_io._jpeg_decoder() is None
+        assert torch.equal(read_pixels(path), expected)
+    finally:
+        image_io._jpeg_decoder.cache_clear()
+
+
+def test_a_torchcodec_that_does_not_load_is_reported_once(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    class Broken:
+        def __getattr__(self, name: str):
+            raise OSError("undefined symbol: _ZN3c10 (built for another torch)")
+
+    monkeypatch.setitem(__import__("sys").modules, "torchcodec.decoders", Broken())
+    image_io._jpeg_decoder.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="gradcam"):
+            assert image_io._jpeg_decoder() is None
+            assert image_io._jpeg_decoder() is None
+        assert [r.getMessage() for r in caplog.records] == [
+            "TorchCodec is installed but does not load (undefined symbol: _ZN3c10 (built for another torch)); "
+            "decoding JPEGs with PIL"
+        ]
+    finally:
+        image_io._jpeg_decoder.cache_clear()
+
+
+def test_read_pixels_reports_bad_jpegs_as_load_image_does(tmp_path: Path) -> None:
+    good = tmp_path / "good.jpg"
+    _photo_like(64, 64).save(good, quality=90)
+    data = good.read_bytes()
+    cases = {"cut.jpg": data[: len(data) // 2], "header.jpg": data[:120], "noise.jpg": data[:2] + bytes(range(256)) * 4}
+    messages = {}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ImageReadError) as from_pil:
+            load_image(path)
+        with pytest.raises(ImageReadError) as from_fast:
+            read_pixels(path)
+        assert str(from_fast.value) == str(from_pil.value), name
+        assert from_fast.value.path == path
+        messages[name] = str(from_fast.value)
+    assert "cut.jpg" in messages["cut.jpg"] and "truncated" in messages["cut.jpg"]
+
+
+def test_read_pixels_keeps_pils_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.jpg"
+    _photo_like(200, 100).save(path, quality=90)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 20000 pixels is over twice the limit
+    with pytest.raises(ImageReadError, match="too large"):
+        read_pixels(path)
 
 
 def _touch_image(path: Path) -> Path:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import io
 import json
+import logging
 import os
 import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .geometry import image_pixels
+
+logger = logging.getLogger("gradcam")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -25,6 +32,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_ORIENTATION = 0x0112
+_XMP_KEYS = ("xmp", "XML:com.adobe.xmp")  # where PIL keeps a JPEG's XMP packet (newer, older releases)
 
 
 class ImageReadError(ValueError):
@@ -46,19 +55,85 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     Every failure (missing, not an image, truncated, unsupported mode) raises :class:`ImageReadError`.
     """
     path = Path(path)
+    data = _read_file(path)
+    with _read_errors(path):
+        return _decode_with_pil(Image.open(io.BytesIO(data)), path)
+
+
+def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The pixels of an image file as uint8 (3, H, W) RGB: :func:`load_image`'s image, its rules and errors.
+
+    When TorchCodec is installed (the ``decode`` extra), YCbCr and grayscale JPEGs are decoded by its
+    libjpeg-turbo, the library PIL decodes with, with the same IDCT, upsampling and EXIF orientation:
+    the same pixels (tested), in 1.1 instead of 1.9 ms for a 640 x 480 photo. PIL still reads the header
+    first, so the size limits and the errors are PIL's; any other file, or one TorchCodec refuses, is
+    decoded by PIL. The result is an (H, W, 3) buffer seen as (3, H, W), as the resampling wants it.
+    """
+    path = Path(path)
+    data = _read_file(path)
+    with _read_errors(path):
+        opened = Image.open(io.BytesIO(data))
+        decode = _jpeg_decoder()
+        if decode is not None and _same_in_torchcodec(opened):
+            try:
+                return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
+            except RuntimeError:
+                pass  # PIL decodes it, or says why it cannot
+        return image_pixels(_decode_with_pil(opened, path))
+
+
+@functools.lru_cache(maxsize=1)
+def _jpeg_decoder() -> Callable[..., torch.Tensor] | None:
+    """TorchCodec's ``decode_jpeg``, or None when it is not installed or does not load with this torch."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ModuleNotFoundError:
+        return None
+    except Exception as error:  # e.g. built for another torch release: an ImportError or OSError at load
+        logger.warning("TorchCodec is installed but does not load (%s); decoding JPEGs with PIL", error)
+        return None
+    return decode_jpeg
+
+
+def _same_in_torchcodec(opened: Image.Image) -> bool:
+    """Whether TorchCodec decodes ``opened`` (header read, pixels not yet) to PIL's pixels: a YCbCr or
+    grayscale JPEG whose orientation, if any, is a valid EXIF one (PIL also takes it from XMP, TorchCodec
+    does not; CMYK goes through PIL's own conversion)."""
+    if opened.format != "JPEG" or opened.mode not in ("RGB", "L"):
+        return False
+    try:
+        orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: PIL's path warns and decodes
+        return False
+    if orientation == 1:
+        return True
+    return orientation in range(2, 9) and not any(key in opened.info for key in _XMP_KEYS)
+
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path`` in one read (~0.25 ms less than PIL's chunked reads), or ImageReadError."""
     if not path.is_file():
         raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty")
     try:
-        data = path.read_bytes()  # one read, then decoding from memory (~0.25 ms less than PIL's chunked reads)
+        return path.read_bytes()
     except OSError as error:
         raise ImageReadError(path, error.strerror or type(error).__name__) from error
+
+
+def _decode_with_pil(opened: Image.Image, path: Path) -> Image.Image:
+    opened.load()
+    _apply_exif_orientation(opened, path)
+    return _to_rgb(opened, path)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn what PIL raises for a bad file into :class:`ImageReadError` with a reason."""
     try:
-        opened = Image.open(io.BytesIO(data))
-        opened.load()
-        _apply_exif_orientation(opened, path)
-        return _to_rgb(opened, path)
+        yield
     except ImageReadError:
         raise
     except UnidentifiedImageError:

@@ -40,10 +40,10 @@ from ..capture import model_guard
 from ..errors import LayerError, TargetError
 from ..explanation import Explanation
 from ..imaging import draw
-from ..imaging.geometry import Geometry, PreprocessConfig, image_pixels, preprocess
+from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
 from ..imaging.io import (
     ImageReadError,
-    load_image,
+    read_pixels,
     save_npy_atomic,
     save_png_atomic,
     write_bytes_atomic,
@@ -189,7 +189,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels = image_pixels(load_image(self.paths[index]))  # (3, H, W), a view of an (H, W, 3) buffer
+            pixels = read_pixels(self.paths[index])  # (3, H, W), a view of an (H, W, 3) buffer
             tensor, geometry = prepare_image(pixels, self.config)
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
