@@ -14,6 +14,9 @@ overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .np
 each ``;``-separated choice of ``--outputs`` is a row. A row ending in ``+pil`` decodes every JPEG with
 PIL instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run.
 
+``--phases`` also prints, per row, how each job's time splits between waiting for decoded batches, the
+explanation calls and the rest (setup, hand-off to the writers, the last writes, the manifest).
+
 ``--model`` is ``efficientnet_lite0`` (the CLI's default, ImageNet weights) or a torchvision classifier
 name (``resnet50``, ``vgg16``, ...) with random weights: the costs do not depend on the weights.
 """
@@ -36,6 +39,7 @@ from PIL import Image, ImageOps
 from gradcam.assets import sample_names, sample_path
 from gradcam.imaging import io as image_io
 from gradcam.jobs import ExplainSettings, explain_files
+from gradcam.jobs import explain as jobs
 from gradcam.jobs.explain import OUTPUT_KINDS, default_pipeline
 from gradcam.models import LoadedModel, load_model
 from gradcam.runtime import keep_freed_memory
@@ -90,6 +94,7 @@ def main() -> None:
         "'+pil' to decode with PIL",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
+    parser.add_argument("--phases", action="store_true", help="also split each row's time into its phases")
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does: the forward and the explain job alike
     device = torch.device(args.device)
@@ -100,6 +105,7 @@ def main() -> None:
     floors: list[float] = []
     rates: dict[str, list[float]] = {c: [] for c in choices}
     ratios: dict[str, list[float]] = {c: [] for c in choices}
+    phases: dict[str, list[dict[str, float]]] = {c: [] for c in choices}
     with tempfile.TemporaryDirectory() as tmp:
         loaded = timing_model(args.model, Path(tmp))
         loaded.model.to(device)
@@ -118,8 +124,10 @@ def main() -> None:
             floors.append(floor)
             for choice in choices:
                 settings = _settings(args.method, choice)
-                with _decoder(choice):
+                with _decoder(choice), _phase_clock(args.phases) as clock:
                     summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
+                clock["rest"] = summary.seconds - clock["decoding"] - clock["explaining"]
+                phases[choice].append({k: v / summary.done * 1e3 for k, v in clock.items()})
                 rates[choice].append(summary.done / summary.seconds)
                 ratios[choice].append(rates[choice][-1] / floor)
     print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {workers}, writers {writers}, "
@@ -132,6 +140,12 @@ def main() -> None:
         low, high = min(ratios[choice]), max(ratios[choice])
         print(f"| {what} | {statistics.median(rates[choice]):.1f} | {statistics.median(ratios[choice]):.2f} "
               f"({low:.2f}-{high:.2f}) |")  # fmt: skip
+    if args.phases:
+        print("\n| row | ms / image: waiting for decoded batches | explanation calls | the rest (medians) |")
+        print("|---|---|---|---|")
+        for choice in choices:
+            median = {k: statistics.median(p[k] for p in phases[choice]) for k in ("decoding", "explaining", "rest")}
+            print(f"| {choice} | {median['decoding']:.2f} | {median['explaining']:.2f} | {median['rest']:.2f} |")
 
 
 def timing_model(name: str, folder: Path) -> LoadedModel:
@@ -155,6 +169,42 @@ def _decoder(choice: str) -> Iterator[None]:
         yield
     finally:
         image_io._jpeg_decoder = own
+
+
+@contextlib.contextmanager
+def _phase_clock(enabled: bool) -> Iterator[dict[str, float]]:
+    """Seconds the job spends waiting for decoded batches and in explanation calls (when ``enabled``)."""
+    clock = {"decoding": 0.0, "explaining": 0.0}
+    if not enabled:
+        yield clock
+        return
+    batches, explain_group = jobs.decoded_batches, jobs._explain_group
+
+    def timed_batches(*args, **kwargs):
+        batch_iterator = batches(*args, **kwargs)
+        try:
+            while True:
+                start = time.perf_counter()
+                batch = next(batch_iterator, None)
+                clock["decoding"] += time.perf_counter() - start
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            batch_iterator.close()
+
+    def timed_group(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return explain_group(*args, **kwargs)
+        finally:
+            clock["explaining"] += time.perf_counter() - start
+
+    jobs.decoded_batches, jobs._explain_group = timed_batches, timed_group
+    try:
+        yield clock
+    finally:
+        jobs.decoded_batches, jobs._explain_group = batches, explain_group
 
 
 def _settings(method: str, choice: str) -> ExplainSettings:

@@ -181,7 +181,7 @@ def test_panel_has_the_papers_five_tiles(tmp_path, capsys):
         (["--layer", "blocks.99"], "layer 'blocks.99' not found in EfficientNetLite; close matches:"),
         (["--model", "torchvision:resnet50"], "Put the file resnet50-11ad3fa6.pth"),
         (["--model", "nosuchmodel"], "unknown model spec 'nosuchmodel'"),
-        (["--outputs", "heatmap,video"], "--outputs takes a comma-separated subset of overlay,heatmap,panel; got"),
+        (["--outputs", "heatmap,video"], "--outputs takes a comma-separated subset of overlay,heatmap,panel,raw; got"),
     ],
 )
 def test_bad_arguments_give_clear_messages(tmp_path, capsys, monkeypatch, args, message):
@@ -207,6 +207,17 @@ def test_outputs_selects_the_files_written_and_keys_the_resume(tmp_path, capsys)
     code, out, _ = run([*base, "--out", tmp_path / "maps", "--outputs", "panel,overlay"], capsys)
     assert code == 0 and "1 explained, 0 already done" in out
     assert sorted(p.suffix for p in (tmp_path / "maps" / "coffee_jpg").iterdir()).count(".png") == 3
+
+
+def test_raw_outputs_are_small_and_say_where_they_are(tmp_path, capsys):
+    shutil.copy(sample_path("coffee"), tmp_path / "coffee.jpg")
+    args = ["explain", tmp_path / "coffee.jpg", "--method", "gradcam", *FAST, "--out", tmp_path / "raw"]
+    code, out, _ = run([*args, "--outputs", "raw"], capsys)
+    assert code == 0
+    folder = tmp_path / "raw" / "coffee_jpg"
+    assert sorted(p.name for p in folder.iterdir()) == ["gradcam_967_espresso_raw.npy", "item.json"]
+    assert f"raw files in {tmp_path / 'raw'}/ (e.g. {folder / 'gradcam_967_espresso_raw.npy'})" in out
+    assert (folder / "gradcam_967_espresso_raw.npy").stat().st_size == 128 + 7 * 7 * 4  # .npy header + 49 floats
 
 
 def test_jpeg_pictures_match_the_png_ones_and_key_the_resume(tmp_path, capsys):

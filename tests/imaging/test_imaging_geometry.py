@@ -213,3 +213,19 @@ def test_preprocess_refuses_pixels_that_are_not_uint8_rgb() -> None:
         preprocess(torch.zeros(3, 8, 8), PreprocessConfig())
     with pytest.raises(ValueError, match=r"uint8 \(3, H, W\)"):
         preprocess(torch.zeros(8, 8, 3, dtype=torch.uint8), PreprocessConfig())
+
+
+def test_geometry_json_round_trip_and_clear_errors() -> None:
+    import json as json_module
+
+    from gradcam.imaging.geometry import Geometry, PreprocessConfig, compute_geometry
+
+    geometry = compute_geometry((333, 217), PreprocessConfig(input_size=224, resize_size=256))
+    data = json_module.loads(json_module.dumps(geometry.to_json()))
+    assert data == {"original_size": [333, 217], "resized_size": [392, 256], "crop_box": [84, 16, 308, 240],
+                    "input_size": [224, 224]}  # fmt: skip
+    assert Geometry.from_json(data) == geometry
+    with pytest.raises(ValueError, match="needs original_size, resized_size, crop_box, input_size"):
+        Geometry.from_json({k: v for k, v in data.items() if k != "crop_box"})
+    with pytest.raises(ValueError, match="crop_box needs 4 integers"):
+        Geometry.from_json({**data, "crop_box": [1, 2, 3]})

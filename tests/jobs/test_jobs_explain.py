@@ -168,7 +168,74 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
 def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
     assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
     monkeypatch.setattr(jobs.os, "cpu_count", lambda: 16)
-    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (4, 2)
+    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (13, 2)  # the main process and 2 writers keep 3
     assert jobs.default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
-    monkeypatch.setattr(jobs.os, "cpu_count", lambda: None)
-    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (1, 2)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 128)
+    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (16, 2)
+    for cores in (None, 1, 2, 4):
+        monkeypatch.setattr(jobs.os, "cpu_count", lambda cores=cores: cores)
+        assert jobs.default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
+
+
+def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(tmp_path: Path) -> None:
+    """``raw`` writes Explanation.raw (7 x 7 Grad-CAM before upsampling, unnormalised); with the geometry
+    in item.json, heatmap_from_raw gives the heatmap .npy the job writes."""
+    from gradcam.imaging.geometry import Geometry, preprocess
+    from gradcam.methods import create_explainer
+    from gradcam.models import load_model
+
+    paths = _folder(tmp_path)[:3]  # three sizes: landscape, portrait, landscape
+    loaded = load_model()
+    methods = ("gradcam", "counterfactual", "guided-backprop")
+    settings = jobs.ExplainSettings(methods=methods, outputs=("raw", "heatmap"))
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+    summary = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    assert summary.done == 3
+    gradcam = create_explainer("gradcam", loaded.model, loaded.default_layer)
+    for path, item in zip(paths, summary.items):
+        geometry = Geometry.from_json(item["geometry"])
+        x, expected_geometry = preprocess(load_image(path), loaded.preprocess)
+        assert geometry == expected_geometry
+        by_method = {o["method"]: o for o in item["outputs"]}
+        raw = torch.from_numpy(np.load(by_method["gradcam"]["raw"]))
+        direct = gradcam(x[None], by_method["gradcam"]["target"])
+        assert raw.shape == direct.raw.shape[1:] == (7, 7)
+        torch.testing.assert_close(raw, direct.raw[0], rtol=1e-5, atol=1e-6)
+        assert abs(float(raw.max()) - 1.0) > 0.01  # not min-max normalised: the absolute magnitude is kept
+        for method in ("gradcam", "counterfactual"):
+            rebuilt = jobs.heatmap_from_raw(torch.from_numpy(np.load(by_method[method]["raw"])), geometry)
+            written = torch.from_numpy(np.load(by_method[method]["heatmap"]))
+            assert rebuilt.shape == written.shape == (geometry.original_size[1], geometry.original_size[0])
+            torch.testing.assert_close(rebuilt, written, rtol=0, atol=1e-6)
+        gradients = np.load(by_method["guided-backprop"]["raw"])
+        assert gradients.shape == (3, 224, 224) and np.abs(gradients).max() > 0
+    with pytest.raises(ValueError, match="one \\(u, v\\) class-activation map"):
+        jobs.heatmap_from_raw(torch.zeros(3, 224, 224), geometry)
+
+
+def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradcam.models import load_model
+
+    paths = _folder(tmp_path)[:2]
+    calls = []
+    real = jobs.maps_to_originals
+    monkeypatch.setattr(jobs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
+    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+    summary = jobs.explain_files(paths, load_model(), settings, tmp_path / "out", **run)
+    assert summary.done == 2 and calls == []
+    for item in summary.items:
+        (output,) = item["outputs"]
+        assert output["heatmap"] is None and output["overlay"] is None and output["panel"] is None
+        raw = Path(output["raw"])
+        assert raw.name.endswith("_raw.npy") and np.load(raw).shape == (7, 7)
+        assert sorted(p.name for p in raw.parent.iterdir()) == sorted(["item.json", raw.name])
+
+
+def test_default_outputs_and_their_resume_key_are_unchanged_by_raw() -> None:
+    assert jobs.ExplainSettings().outputs == ("overlay", "heatmap", "panel") == jobs.DEFAULT_OUTPUTS
+    assert "outputs" not in jobs.ExplainSettings().key("m", "layer")  # outputs of earlier versions stay reusable
+    with_raw = jobs.ExplainSettings(outputs=(*jobs.DEFAULT_OUTPUTS, "raw")).key("m", "layer")
+    assert with_raw["outputs"] == ["overlay", "heatmap", "panel", "raw"]
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset of overlay, heatmap, panel, raw"):
+        jobs.ExplainSettings(outputs=("raws",))

@@ -18,6 +18,7 @@ from ..imaging.io import find_images
 from ..jobs import ExplainSettings, explain_files
 from ..jobs.explain import (
     CLASS_TASKS,
+    DEFAULT_OUTPUTS,
     DEFAULT_TASK,
     JPEG_QUALITY,
     OUTPUT_KINDS,
@@ -76,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="image decoding processes (default: up to 4 on a GPU; 0 on the CPU: threads between model steps)",
+        help="image decoding processes (default on a GPU: every core but 3, up to 16; 0 on the CPU: threads "
+        "between model steps)",
     )
     parser.add_argument(
         "--writers",
@@ -88,9 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
     parser.add_argument(
         "--outputs",
-        default=",".join(OUTPUT_KINDS),
+        default=",".join(DEFAULT_OUTPUTS),
         metavar="KINDS",
-        help=f"files to write per image and class, comma-separated from {','.join(OUTPUT_KINDS)} (default: all)",
+        help=f"files to write per image and class, comma-separated from {','.join(OUTPUT_KINDS)} (default: "
+        f"{','.join(DEFAULT_OUTPUTS)}; raw: the method's map before upsampling, e.g. 7 x 7 floats)",
     )
     parser.add_argument(
         "--picture-format",
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.items:
         first = summary.items[0]["outputs"][0]
-        print(f"overlays, heatmaps and panels in {out}/ (e.g. {first['overlay']}); index: {out / 'manifest.json'}")
+        example = next((first[kind] for kind in OUTPUT_KINDS if first.get(kind)), None)
+        print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
     return 1 if summary.failed else 0
 
 

@@ -64,6 +64,7 @@ def resample_filter(name: str) -> Image.Resampling:
 
 
 Box: TypeAlias = tuple[float, float, float, float]
+_GEOMETRY_LENGTHS = {"original_size": 2, "resized_size": 2, "crop_box": 4, "input_size": 2}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,23 @@ class Geometry:
     resized_size: tuple[int, int]
     crop_box: tuple[int, int, int, int]
     input_size: tuple[int, int]
+
+    def to_json(self) -> dict[str, list[int]]:
+        """The four fields as lists (for ``item.json``); :meth:`from_json` reads them back."""
+        return {name: list(getattr(self, name)) for name in ("original_size", "resized_size", "crop_box", "input_size")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Sequence[int]]) -> Geometry:
+        """The Geometry :meth:`to_json` wrote (ValueError naming what is missing or malformed)."""
+        try:
+            geometry = cls(**{name: tuple(int(v) for v in data[name]) for name in _GEOMETRY_LENGTHS})
+        except (KeyError, TypeError, ValueError) as error:
+            needs = ", ".join(_GEOMETRY_LENGTHS)
+            raise ValueError(f"a geometry needs {needs} as integer lists; got {data!r}") from error
+        for name, length in _GEOMETRY_LENGTHS.items():
+            if len(getattr(geometry, name)) != length:
+                raise ValueError(f"geometry {name} needs {length} integers; got {data[name]!r}")
+        return geometry
 
     @property
     def crop_size(self) -> tuple[int, int]:

@@ -2,9 +2,12 @@
 
 For every readable image it writes, in ``OUT/<relative path>/``, per method and explained target:
 an overlay at the image's original resolution (PNG, or JPEG with ``picture_format="jpg"``), the map
-as ``.npy`` (float32, original resolution), a panel like the paper's figures, and ``item.json`` last
-(the item is done once it exists). ``OUT/manifest.json`` lists every item. A bad file is reported
-and skipped; a rerun skips finished items unless ``overwrite``.
+as ``.npy`` (float32, original resolution), a panel like the paper's figures, on request the method's
+raw map (``_raw.npy``: :attr:`Explanation.raw`, e.g. the 7 x 7 Grad-CAM before upsampling and
+normalisation), and ``item.json`` last (the item is done once it exists; it records the image's
+preprocessing :class:`Geometry`, from which :func:`heatmap_from_raw` rebuilds the heatmap).
+``OUT/manifest.json`` lists every item. A bad file is reported and skipped; a rerun skips finished
+items unless ``overwrite``.
 
 The explained scalar ``y`` (Selvaraju et al., ICCV 2017, sec. 3: any differentiable score) is set
 by :class:`TaskOptions`: a class logit (default, the paper's ``y^c``), a class probability, a
@@ -50,7 +53,7 @@ from ..imaging.io import (
     write_json_atomic,
 )
 from ..methods import METHODS, create_explainer
-from ..methods.base import Explainer
+from ..methods.base import Explainer, normalize, upsample
 from ..models import LoadedModel
 from ..models._loaders import WholeImagePreprocess
 from ..targets import TopK
@@ -103,8 +106,12 @@ class TaskOptions:
         return json.loads(json.dumps({"name": self.name, **given}))
 
 
-#: The files written per image and class: the overlay picture, the heatmap ``.npy``, the panel picture.
-OUTPUT_KINDS = ("overlay", "heatmap", "panel")
+#: The files that can be written per image and class: the overlay picture, the heatmap ``.npy`` (float32
+#: on original pixels), the panel picture, the raw map ``_raw.npy`` (:attr:`Explanation.raw`, float32
+#: at the layer's resolution for class-activation methods, the input gradient for gradient methods).
+OUTPUT_KINDS = ("overlay", "heatmap", "panel", "raw")
+#: What is written when no outputs are named.
+DEFAULT_OUTPUTS = ("overlay", "heatmap", "panel")
 #: How overlays and panels are stored: PNG (lossless, the default) or JPEG at quality 95 (about 8 x
 #: smaller and 10 x faster to encode than our PNG encoder on a 640 x 480 overlay).
 PICTURE_FORMATS = ("png", "jpg")
@@ -128,7 +135,7 @@ class ExplainSettings:
     colormap: str = "jet"
     layer: str | None = None
     task: TaskOptions = field(default_factory=TaskOptions)
-    outputs: tuple[str, ...] = OUTPUT_KINDS
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     picture_format: str = "png"
 
     def __post_init__(self) -> None:
@@ -142,6 +149,11 @@ class ExplainSettings:
         """Whether any output is a picture (overlay or panel), so the original image is needed."""
         return bool({"overlay", "panel"} & set(self.outputs))
 
+    @property
+    def on_original_pixels(self) -> bool:
+        """Whether any output needs the maps resampled to the original image (heatmap, overlay, panel)."""
+        return self.draws or "heatmap" in self.outputs
+
     def key(self, model_name: str, layer: str | None) -> dict[str, Any]:
         """What an existing output must have been made with to be reused by a rerun (JSON-normalised).
 
@@ -149,7 +161,7 @@ class ExplainSettings:
         data = asdict(self)
         if self.task == TaskOptions():
             data.pop("task")
-        if set(self.outputs) == set(OUTPUT_KINDS):
+        if set(self.outputs) == set(DEFAULT_OUTPUTS):
             data.pop("outputs")
         if self.picture_format == "png":
             data.pop("picture_format")
@@ -707,24 +719,26 @@ def _mark(picture: Image.Image, marks: dict[str, Any]) -> Image.Image:
 def _write_item(
     item_dir: Path,
     original: Image.Image | None,
-    maps: dict[str, torch.Tensor],
+    maps: dict[str, torch.Tensor | None],
+    raws: dict[str, torch.Tensor | None],
     targets: ItemTargets,
     scores: dict[str, list[float]],
     settings: ExplainSettings,
 ) -> list[dict[str, Any]]:
     """Draw and write one image's outputs (those in ``settings.outputs``; a file not written is recorded
-    as None); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU."""
+    as None); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU, ``raws[method]`` the k raw
+    maps (None when not needed)."""
     outputs = []
     kinds, drawn = set(settings.outputs), settings.draws
     for j, (target_id, label) in enumerate(zip(targets.ids, targets.labels)):
         marks = targets.marks[j] if targets.marks else {}
         tiles, titles = [_mark(original, marks) if marks and drawn else original], ["Original"]
         for name, method_maps in maps.items():
-            on_original = method_maps[j]
+            on_original = None if method_maps is None else method_maps[j]
             stem = f"{name}_{target_id}_{_slug(label)}"
             output = {"method": name, "target": target_id, "label": label, "score": scores[name][j]}
             output.update(targets.extras[j] if targets.extras else {})
-            output.update({"overlay": None, "heatmap": None, "panel": None})
+            output.update({"overlay": None, "heatmap": None, "panel": None, "raw": None})
             if drawn:
                 if on_original.dim() == 3:
                     picture = draw.gradient_image(on_original)
@@ -738,6 +752,8 @@ def _write_item(
                     output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format))
             if "heatmap" in kinds:
                 output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy()))
+            if "raw" in kinds:
+                output["raw"] = str(save_npy_atomic(item_dir / f"{stem}_raw.npy", raws[name][j].numpy()))
             outputs.append(output)
         if "panel" in kinds:
             panel = draw.panel(tiles, titles, tile_height=min(original.height, PANEL_TILE_HEIGHT))
@@ -757,11 +773,12 @@ def _save_picture(stem: Path, picture: Image.Image, picture_format: str) -> Path
 
 
 def _finish_item(
-    item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor],
-    scores: dict[str, list[float]], targets: ItemTargets, settings: ExplainSettings,
+    item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor | None],
+    raws: dict[str, torch.Tensor | None], scores: dict[str, list[float]], targets: ItemTargets,
+    settings: ExplainSettings,
 ) -> dict[str, Any]:  # fmt: skip
     """Writer-thread task: every output file, then ``item.json`` last (the item is done once it exists)."""
-    record["outputs"] = _write_item(item_dir, original, maps, targets, scores, settings)
+    record["outputs"] = _write_item(item_dir, original, maps, raws, targets, scores, settings)
     # The outputs above are fsynced; item.json, the done marker, need not be: lost or empty after a power
     # cut, the rerun redoes the item; present, it was written after its outputs were flushed. One flush
     # per item fewer.
@@ -769,6 +786,8 @@ def _finish_item(
     return record
 
 
+#: The most decoding processes a job starts by default on an accelerator.
+MAX_DECODING_WORKERS = 16
 #: At most this many bytes of maps and pixels wait for the writers (12-megapixel photos: 48 MB per map).
 IN_FLIGHT_BYTES = 1 << 30
 _RESAMPLE_ELEMENTS = 1 << 25  # at most 128 MiB of float32 maps on original pixels per resampling call
@@ -791,6 +810,25 @@ def maps_to_originals(maps: torch.Tensor, geometries: Sequence[Geometry]) -> lis
             for row, original in zip(chunk, geometry.to_original(maps.index_select(0, index).float()).cpu()):
                 mapped[row] = original.clone()  # its own storage: a writer process is sent this row alone
     return mapped
+
+
+def _rows_on_cpu(maps: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of ``maps`` as float32 CPU tensors, each in its own storage (one device copy for all)."""
+    return [row.clone() for row in maps.detach().float().cpu()]
+
+
+def heatmap_from_raw(raw: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The heatmap on original pixels (H0, W0) of a class-activation method's raw (u, v) map: what the
+    ``heatmap`` output holds, ``to_original(normalize(upsample(raw, input_size)))`` (:class:`Geometry`
+    from ``item.json``'s ``"geometry"``: ``Geometry.from_json``)."""
+    if raw.dim() != 2:
+        raise ValueError(
+            f"raw must be one (u, v) class-activation map; got shape {tuple(raw.shape)} (input-gradient methods' "
+            "raw maps are the gradients at the input's size: use geometry.to_original on them)"
+        )
+    width, height = geometry.input_size
+    heatmap = normalize(upsample(raw.float()[None, None], (height, width)))
+    return geometry.to_original(heatmap)[0, 0]
 
 
 def _per_map(tensor: torch.Tensor, multi: bool) -> torch.Tensor:
@@ -832,11 +870,14 @@ def default_pipeline(device: torch.device, files: int) -> tuple[int, int]:
 
     On the CPU the model's own threads already use every core, so both stay in this process (0: threads;
     measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or
-    writer). On an accelerator up to 4 decoding processes (no more than files - 1) and 2 writers.
+    writer). On an accelerator the host decodes: ~2.3-3 ms of CPU per 640 x 480 JPEG, so n cores keep
+    up with at most ~n x 350 images/s against a forward of thousands per second; every core the main
+    process and the 2 writers leave decodes (cores - 3, at least 1, at most 16 and files - 1).
     """
     if device.type == "cpu":
         return 0, 0
-    return min(4, os.cpu_count() or 1, max(0, files - 1)), 2
+    cores = os.cpu_count() or 1
+    return min(max(1, cores - 3), MAX_DECODING_WORKERS, max(0, files - 1)), 2
 
 
 def explain_files(
@@ -938,18 +979,25 @@ def explain_files(
                 kept_geometries = [batch["geometries"][positions[p]] for p in kept]
                 on_originals = {
                     name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
+                    if settings.on_original_pixels else None
+                    for name, e in results.items()
+                }  # fmt: skip
+                raws = {
+                    name: _rows_on_cpu(_per_map(e.raw, multi[name])) if "raw" in settings.outputs else None
                     for name, e in results.items()
                 }
                 for row, (position, targets) in enumerate(zip(kept, items)):
                     at = positions[position]
                     path = shard[batch["indices"][at]]
                     geometry: Geometry = batch["geometries"][at]
-                    maps = {name: rows[row] for name, rows in on_originals.items()}
+                    maps = {name: None if rows is None else rows[row] for name, rows in on_originals.items()}
+                    item_raws = {name: None if rows is None else rows[row] for name, rows in raws.items()}
                     pixels = batch["originals"][at]  # None when nothing is drawn
                     original = Image.fromarray(pixels.numpy()) if pixels is not None else None
                     record = {
                         "input": str(path),
                         "size": list(geometry.original_size),
+                        "geometry": geometry.to_json(),
                         "predictions": targets.predictions,
                         "classes": targets.classes,
                         "layer": explainers.layer,
@@ -959,10 +1007,11 @@ def explain_files(
                     }
                     item_scores = {name: values[row] for name, values in scores.items()}
                     future = pool.submit(
-                        _finish_item, out_dir / output_folder(path, root), record, original, maps, item_scores,
-                        targets, settings,
+                        _finish_item, out_dir / output_folder(path, root), record, original, maps, item_raws,
+                        item_scores, targets, settings,
                     )  # fmt: skip
-                    held = sum(m.numel() * m.element_size() for m in maps.values())
+                    tensors = [m for m in (*maps.values(), *item_raws.values()) if m is not None]
+                    held = sum(m.numel() * m.element_size() for m in tensors)
                     held += 0 if pixels is None else pixels.numel()
                     in_flight.append((path, future, held))
             drain(keep=2 * batch_size)  # bounded: at most two batches, and IN_FLIGHT_BYTES, of drawing behind
