@@ -263,6 +263,19 @@ def test_a_torchcodec_that_does_not_load_is_reported_once(monkeypatch: pytest.Mo
         image_io._jpeg_decoder.cache_clear()
 
 
+def test_a_torchcodec_without_decode_jpeg_is_reported(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    import types
+
+    monkeypatch.setitem(__import__("sys").modules, "torchcodec.decoders", types.ModuleType("torchcodec.decoders"))
+    image_io._jpeg_decoder.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="gradcam"):
+            assert image_io._jpeg_decoder() is None
+        assert "has no decode_jpeg (0.16 and newer have it)" in caplog.text
+    finally:
+        image_io._jpeg_decoder.cache_clear()
+
+
 def test_read_pixels_reports_bad_jpegs_as_load_image_does(tmp_path: Path) -> None:
     good = tmp_path / "good.jpg"
     _photo_like(64, 64).save(good, quality=90)

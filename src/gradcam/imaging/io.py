@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import glob
+import importlib
 import io
 import json
 import logging
@@ -78,8 +79,8 @@ def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
         if decode is not None and _same_in_torchcodec(opened):
             try:
                 return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
-            except RuntimeError:
-                pass  # PIL decodes it, or says why it cannot
+            except Exception:  # e.g. a corrupt file: PIL decodes it, or says why it cannot
+                pass
         return image_pixels(_decode_with_pil(opened, path))
 
 
@@ -87,13 +88,14 @@ def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
 def _jpeg_decoder() -> Callable[..., torch.Tensor] | None:
     """TorchCodec's ``decode_jpeg``, or None when it is not installed or does not load with this torch."""
     try:
-        from torchcodec.decoders import decode_jpeg
+        return importlib.import_module("torchcodec.decoders").decode_jpeg
     except ModuleNotFoundError:
         return None
+    except AttributeError:
+        logger.warning("this TorchCodec has no decode_jpeg (0.16 and newer have it); decoding JPEGs with PIL")
     except Exception as error:  # e.g. built for another torch release: an ImportError or OSError at load
         logger.warning("TorchCodec is installed but does not load (%s); decoding JPEGs with PIL", error)
-        return None
-    return decode_jpeg
+    return None
 
 
 def _same_in_torchcodec(opened: Image.Image) -> bool:
