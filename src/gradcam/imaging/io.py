@@ -113,7 +113,6 @@ def _same_in_torchcodec(opened: Image.Image) -> bool:
     return orientation in range(2, 9) and not any(key in opened.info for key in _XMP_KEYS)
 
 
-
 def _read_file(path: Path) -> bytes:
     """The bytes of ``path`` in one read (~0.25 ms less than PIL's chunked reads), or ImageReadError."""
     if not path.is_file():
@@ -127,6 +126,7 @@ def _read_file(path: Path) -> bytes:
 
 
 def _decode_with_pil(opened: Image.Image, path: Path) -> Image.Image:
+    """Decode an opened image, apply its EXIF orientation and convert it to RGB (:func:`load_image`'s rules)."""
     opened.load()
     _apply_exif_orientation(opened, path)
     return _to_rgb(opened, path)
