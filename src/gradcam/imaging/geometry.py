@@ -88,7 +88,7 @@ class Geometry:
 
     def to_json(self) -> dict[str, list[int]]:
         """The four fields as lists (for ``item.json``); :meth:`from_json` reads them back."""
-        return {name: list(getattr(self, name)) for name in ("original_size", "resized_size", "crop_box", "input_size")}
+        return {name: list(getattr(self, name)) for name in _GEOMETRY_LENGTHS}
 
     @classmethod
     def from_json(cls, data: dict[str, Sequence[int]]) -> Geometry:

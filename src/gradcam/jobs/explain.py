@@ -215,9 +215,10 @@ def decoded_batches(
     files: ImageFiles, batch_size: int, workers: int, threads: int, pin_memory: bool
 ) -> Generator[dict[str, Any], None, None]:
     """Collated batches of ``files`` in order: decoded by ``workers`` DataLoader processes, or, with
-    ``workers=0``, by ``threads`` threads of this process, one batch at a time. PIL's decoder and
-    resampling release the GIL, so the threads share the cores between model steps instead of
-    competing with the model's own threads for them (on a CPU device the model uses every core).
+    ``workers=0``, by ``threads`` threads of this process, one batch at a time. The JPEG decoders
+    (TorchCodec's or PIL's) and torch's resampling release the GIL, so the threads share the cores
+    between model steps instead of competing with the model's own threads for them (on a CPU device
+    the model uses every core).
     """
     if workers > 0 or threads <= 1:
         yield from DataLoader(
