@@ -10,8 +10,10 @@ Each row adds one stage of the job to the row above, using the job's own functio
 2. the job's explanation call (Grad-CAM, top-1 class) on the same ready batches;
 3. + decoding and preprocessing the JPEGs (``decoded_batches``, as the job runs it);
 4. + the maps on original pixels (``maps_to_originals``);
-5. + ``item.json`` per image, written by the writer thread (atomic: temp file, fsync, rename);
-6. + the ``.npy`` map per image (float32, original resolution), i.e. the whole heatmap job;
+5. + ``item.json`` per image, written as the job writes it: after its batch's outputs are flushed by
+   one filesystem sync (atomic: temp file, rename);
+6. + the ``.npy`` map per image (float32, original resolution; fsynced itself where the filesystem
+   cannot be synced), i.e. the whole heatmap job;
 7. the real ``explain_files`` on the same folder, for reference.
 
 Rows are timed interleaved (every row once per round, medians over rounds), because this machine's
@@ -24,16 +26,18 @@ import argparse
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 
 import torch
 from folder_throughput import make_folder
 
-from gradcam.imaging.io import save_npy_atomic, write_json_atomic
+from gradcam.imaging.io import can_sync_filesystem, save_npy_atomic
 from gradcam.jobs.explain import (
     ExplainSettings,
     ImageFiles,
+    _commit,
     _Explainers,
     _saliency_2d,
     _writer_pool,
@@ -81,8 +85,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    with tempfile.TemporaryDirectory() as tmp, _writer_pool(writers) as writer:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _writer_pool(writers) as writer,
+        ThreadPoolExecutor(max_workers=1) as commits,
+    ):
         root = Path(tmp)
+        synced_folder = root if can_sync_filesystem() else None
         (root / "in").mkdir()
         paths = make_folder(root / "in", args.images)
         files = ImageFiles(paths, loaded.preprocess, keep_original=False)
@@ -114,12 +123,15 @@ def main() -> None:
                 maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries)
                 if level < 4:
                     continue
+                items = []
                 for heatmap in maps:
                     folder = root / f"item-{next(serial)}"
-                    pending.append(writer.submit(write, folder, heatmap if level >= 5 else None))
+                    written = writer.submit(write, folder, heatmap if level >= 5 else None, synced_folder is None)
+                    items.append((folder, written))
+                pending.append(commits.submit(_commit, items, synced_folder))
             sync()
-            for future in pending:
-                future.result()
+            for commit in pending:
+                commit.result()
 
         for level in range(len(ROWS)):  # warm-up
             stage(level)
@@ -141,11 +153,14 @@ def main() -> None:
         print(f"| {row} | {median:.2f} | {added} | {medians[0] / median:.2f} |")
 
 
-def write(folder: Path, heatmap: torch.Tensor | None) -> None:
-    """What the job's writer does for one heatmap item (module level: writer processes pickle it)."""
+def write(folder: Path, heatmap: torch.Tensor | None, durable: bool) -> dict:
+    """What the job's writer does for one heatmap item (module level: writer processes pickle it); the
+    record that the commit writes as item.json."""
     if heatmap is not None:
-        save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy())
-    write_json_atomic(folder / "item.json", {"input": folder.name, "outputs": []}, durable=False)
+        save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy(), durable)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"input": folder.name, "outputs": []}
 
 
 if __name__ == "__main__":

@@ -418,3 +418,42 @@ def test_durable_writes_fsync_and_others_do_not(tmp_path: Path, monkeypatch: pyt
     assert len(synced) == 1
     assert json.loads((tmp_path / "marker.json").read_text()) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["durable.json", "marker.json"]  # no temp files left
+    save_npy_atomic(tmp_path / "a.npy", np.arange(3.0), durable=False)
+    save_png_atomic(tmp_path / "a.png", Image.new("RGB", (2, 2)), durable=False)
+    assert len(synced) == 1
+    save_npy_atomic(tmp_path / "b.npy", np.arange(3.0))
+    save_png_atomic(tmp_path / "b.png", Image.new("RGB", (2, 2)))
+    save_png_atomic(tmp_path / "c.png", Image.new("RGBA", (2, 2)))  # through PIL's encoder
+    assert len(synced) == 4
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3.0))
+
+
+@pytest.mark.skipif(not image_io.can_sync_filesystem(), reason="syncfs(2) is Linux's")
+def test_sync_filesystem_flushes_the_folders_filesystem_and_reports_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ctypes
+    import errno
+
+    image_io.sync_filesystem(tmp_path)  # the real call succeeds
+    calls = []
+
+    def failing(descriptor: int) -> int:
+        calls.append(os.fstat(descriptor).st_ino)
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(image_io, "_syncfs", lambda: failing)
+    with pytest.raises(OSError, match=f"cannot flush the files written under '{tmp_path}' to disk") as raised:
+        image_io.sync_filesystem(tmp_path)
+    assert raised.value.errno == errno.EIO
+    assert calls == [tmp_path.stat().st_ino]  # called once, on the folder itself
+
+
+def test_sync_filesystem_says_what_to_do_where_syncfs_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_io, "_syncfs", lambda: None)
+    assert not image_io.can_sync_filesystem()
+    with pytest.raises(NotImplementedError, match="write each file with durable=True"):
+        image_io.sync_filesystem(tmp_path)

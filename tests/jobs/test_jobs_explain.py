@@ -98,6 +98,59 @@ def test_an_empty_or_torn_done_marker_is_redone(tmp_path: Path) -> None:
     assert all(json.loads(m.read_text())["outputs"] for m in markers)
 
 
+@pytest.mark.parametrize("writers", [0, 2])
+@pytest.mark.parametrize("grouped", [True, False])
+def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool, writers: int
+) -> None:
+    """Where the filesystem can be synced, outputs are written without fsync and each batch's are
+    flushed by one sync before its item.json files; elsewhere each output is fsynced."""
+    import os
+
+    from gradcam.models import load_model
+
+    paths = _folder(tmp_path)[:5]
+    out = tmp_path / "out"
+    loaded = load_model()
+    settings = jobs.ExplainSettings(methods=("gradcam", "counterfactual"), outputs=("heatmap", "raw", "overlay"))
+    synced: list[set[Path]] = []  # the output files that existed at each sync
+    marked: list[tuple[Path, int]] = []  # each item.json, and how many syncs had happened before it
+    real_write_json = jobs.write_json_atomic
+
+    def sync(folder: Path) -> None:
+        assert folder == out
+        synced.append({p for p in out.rglob("*") if p.is_file() and p.name != "item.json"})
+
+    def write_json(path: Path, record: dict, durable: bool = True) -> Path:
+        if path.name == "item.json":
+            marked.append((path, len(synced)))
+            assert not durable
+        return real_write_json(path, record, durable)
+
+    fsynced = []  # in this process: the writer processes' fsyncs are not seen, and are counted by files
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(jobs, "can_sync_filesystem", lambda: grouped)
+    monkeypatch.setattr(jobs, "sync_filesystem", sync)
+    monkeypatch.setattr(jobs, "write_json_atomic", write_json)
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
+    summary = jobs.explain_files(paths, loaded, settings, out, **run)
+
+    assert summary.done == 5 and len(marked) == 5
+    outputs = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
+    assert len(outputs) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
+    if grouped:
+        assert len(synced) == 3  # one sync per batch of two
+        for item_json, syncs_before in marked:
+            record = json.loads(item_json.read_text())
+            files = {Path(o[kind]) for o in record["outputs"] for kind in ("heatmap", "raw", "overlay")}
+            assert len(files) == 6 and files <= (synced[syncs_before - 1] if syncs_before else set())
+        assert len(fsynced) == 1  # manifest.json alone: no output is fsynced
+    else:
+        assert synced == []
+        assert len(fsynced) == 1 + (len(outputs) if writers == 0 else 0)  # every output, then the manifest
+
+
 def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Path) -> None:
     import threading
 
@@ -129,15 +182,8 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
     real_pool = jobs._writer_pool
 
     def counted(budget: int, out: Path) -> tuple[jobs.JobSummary, int]:
+        """The job, and the most items handed to the writers and not yet taken back by the job."""
         backlog = {"now": 0, "max": 0}
-
-        class Counted:
-            def __init__(self, future):
-                self.future = future
-
-            def result(self, timeout=None):
-                backlog["now"] -= 1
-                return self.future.result(timeout)
 
         class Pool:
             def __init__(self, writers):
@@ -146,14 +192,17 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
             def submit(self, *args):
                 backlog["now"] += 1
                 backlog["max"] = max(backlog["max"], backlog["now"])
-                return Counted(self.pool.submit(*args))
+                return self.pool.submit(*args)
 
             def shutdown(self, wait=True):
                 self.pool.shutdown(wait=wait)
 
+        def taken_back(line: str, is_error: bool) -> None:  # the job reports each item it takes back
+            backlog["now"] -= 1
+
         monkeypatch.setattr(jobs, "IN_FLIGHT_BYTES", budget)
         monkeypatch.setattr(jobs, "_writer_pool", Pool)
-        return jobs.explain_files(paths, loaded, settings, out, **run), backlog["max"]
+        return jobs.explain_files(paths, loaded, settings, out, report=taken_back, **run), backlog["max"]
 
     free, free_backlog = counted(1 << 30, tmp_path / "free")
     tight, tight_backlog = counted(1, tmp_path / "tight")

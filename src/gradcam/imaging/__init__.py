@@ -25,11 +25,13 @@ from gradcam.imaging.geometry import (
 from gradcam.imaging.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
+    can_sync_filesystem,
     find_images,
     load_image,
     read_pixels,
     save_npy_atomic,
     save_png_atomic,
+    sync_filesystem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "PreprocessConfig",
     "apply_colormap",
     "available_colormaps",
+    "can_sync_filesystem",
     "caption_height",
     "center_crop_box",
     "colormap",
@@ -60,6 +63,7 @@ __all__ = [
     "resized_size_for",
     "save_npy_atomic",
     "save_png_atomic",
+    "sync_filesystem",
     "write_bytes_atomic",
     "write_json_atomic",
 ]

