@@ -28,7 +28,7 @@ Grad-CAM on ViTs therefore uses the input of the last block's attention, its fir
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -244,10 +244,22 @@ def auto_reshape(
     x: torch.Tensor,
     forward_kwargs: Mapping[str, Any] | None = None,
 ) -> TokenGrid | None:
-    """The reshape ``layer`` needs for inputs like ``x`` (None for a (B, K, u, v) map already).
+    """The reshape ``layer`` needs for inputs like ``x`` (None for a (B, K, u, v) map already): one
+    no-grad forward pass (eval mode, the hook removed afterwards) reads the layer's output shape, and
+    :func:`reshape_for_output` decides. (An explainer given ``reshape="auto"`` decides from its first
+    call's activations instead, without that extra pass.)
+    """
+    name, module = resolve_layer(model, layer)
+    shape = _probe_shape(model, module, name, x[:1], _first(forward_kwargs, x.shape[0]))
+    return reshape_for_output(model, name, shape, (int(x.shape[-2]), int(x.shape[-1])))
 
-    One no-grad forward pass (eval mode, the hook removed afterwards) reads the layer's output shape:
 
+def reshape_for_output(
+    model: nn.Module, layer: str, shape: Sequence[int], size: tuple[int, int]
+) -> TokenGrid | None:
+    """The reshape for ``layer`` of ``model`` when it outputs ``shape`` for an input of ``size`` (H, W):
+
+    - ``(B, K, u, v)``: None, already a map;
     - ``(B, N, C)`` tokens: the prefix count from :func:`prefix_tokens` (unknown: any of 0..MAX_PREFIX,
       fewest first); the grid is ``(H // p, W // p)`` for the patch size p of :func:`patch_size` -- or
       that grid halved s times, for the later stages of hierarchical models (HF Swin) -- when it
@@ -257,23 +269,21 @@ def auto_reshape(
       (H, W) can give at one stride; when both could be, channels-last only if the layer normalises
       its last dim (a LayerNorm of width C inside it) and not its second.
     """
-    name, module = resolve_layer(model, layer)
-    shape = _probe_shape(model, module, name, x[:1], _first(forward_kwargs, x.shape[0]))
-    size = (int(x.shape[-2]), int(x.shape[-1]))
+    shape = tuple(int(n) for n in shape)
     if len(shape) == 3:
-        return _token_grid(model, name, shape[1], size)
+        return _token_grid(model, layer, shape[1], size)
     if len(shape) == 4:
         first = _plausible(size, (shape[2], shape[3]))
         last = _plausible(size, (shape[1], shape[2]))
         if last and not first:
             return TokenGrid("channels_last")
         if last and first:
-            widths = _norm_widths(module)
+            widths = _norm_widths(resolve_layer(model, layer)[1])
             if shape[3] in widths and shape[1] not in widths:
                 return TokenGrid("channels_last")
         return None
     raise LayerError(
-        f"layer '{name}' outputs shape {shape}; expected (B, N, C) tokens, a (B, h, w, C) or a (B, K, u, v) map"
+        f"layer '{layer}' outputs shape {shape}; expected (B, N, C) tokens, a (B, h, w, C) or a (B, K, u, v) map"
     )
 
 
@@ -324,6 +334,7 @@ __all__ = [
     "infer_prefix",
     "patch_size",
     "prefix_tokens",
+    "reshape_for_output",
     "token_layer",
     "tokens_to_grid",
 ]

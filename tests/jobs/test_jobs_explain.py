@@ -151,6 +151,23 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
         assert len(fsynced) == 1 + (len(outputs) if writers == 0 else 0)  # every output, then the manifest
 
 
+def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
+    """No probe forward (the layer's reshape is read from the first batch): one forward per batch."""
+    from gradcam.models import load_model
+
+    loaded = load_model()
+    forwards: list[int] = []
+    handle = loaded.model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    try:
+        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
+        run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+        summary = jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
+    finally:
+        handle.remove()
+    assert summary.done == 5
+    assert forwards == [2, 2, 1]
+
+
 def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Path) -> None:
     import threading
 

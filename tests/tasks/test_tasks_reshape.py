@@ -235,8 +235,18 @@ def test_engine_reshape_auto_equals_the_explicit_token_grid():
     layer = "encoder.layers.encoder_layer_0.ln_1"
     x = torch.randn(2, 3, 32, 32)
     explicit = gradcam.GradCAM(model, layer, reshape=auto_reshape(model, layer, x))(x, [1, 3])
-    auto = gradcam.GradCAM(model, layer, reshape="auto")(x, [1, 3])
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    try:
+        auto = gradcam.GradCAM(model, layer, reshape="auto")
+        first = auto(x, [1, 3])
+        assert forwards == [2]  # read from the call's own activations: no probe forward
+        assert auto.reshape == auto_reshape(model, layer, x)
+        again = auto(x, [1, 3])
+    finally:
+        handle.remove()
     assert explicit.raw.shape == (2, 4, 4)
-    torch.testing.assert_close(auto.raw, explicit.raw)
+    torch.testing.assert_close(first.raw, explicit.raw)
+    torch.testing.assert_close(again.raw, explicit.raw)
     with pytest.raises(gradcam.LayerError, match="reshape must be a callable, 'auto' or None; got 'tokens'"):
         gradcam.GradCAM(model, layer, reshape="tokens")

@@ -358,10 +358,10 @@ class _Explainers:
         self.methods = tuple(methods)
         self.by_name: dict[str, Explainer] = {}
 
-    def _create(self, x: torch.Tensor) -> None:
+    def _create(self) -> None:
         """Build every method: detector backbones get ``crop_padding`` (the padded border is cut off),
-        token layers (ViT, Swin, CLIP) the reshape :func:`gradcam.reshape.auto_reshape` reads from x."""
-        from ..reshape import auto_reshape
+        other layers ``reshape="auto"``: token layers (ViT, Swin, CLIP) get the grid read from the first
+        call's activations (no extra forward pass: one batch-1 forward of Lite0 is ~24 ms per job)."""
         from ..tasks import DetectorAdapter
 
         reshape: Any = None
@@ -369,10 +369,7 @@ class _Explainers:
             if self.requested is not None and self.requested.startswith("detector.backbone"):
                 reshape = self.model.crop_padding
         elif self.requested is not None:
-            try:
-                reshape = auto_reshape(self.model, self.requested, x[:1])
-            except LayerError:
-                reshape = None  # the explainers report the layer's problem themselves
+            reshape = "auto"
         for name in self.methods:
             options = {"reshape": reshape} if reshape is not None and METHODS[name].uses_layer else {}
             self.by_name[name] = create_explainer(name, self.model, self.requested, **options)
@@ -390,7 +387,7 @@ class _Explainers:
     ) -> tuple[dict[str, Explanation], torch.Tensor, torch.Tensor]:
         """All methods on one batch; the first call chooses the classes, the others reuse them."""
         if not self.by_name:
-            self._create(x)
+            self._create()
         first_target: Any = (
             torch.tensor(settings.targets, device=x.device).expand(x.shape[0], -1)
             if settings.targets
@@ -408,7 +405,7 @@ class _Explainers:
     def run_target(self, x: torch.Tensor, target: Any) -> dict[str, Explanation]:
         """All methods on one batch for the same task target."""
         if not self.by_name:
-            self._create(x)
+            self._create()
         return {name: e(x, target, **METHODS[name].call_options) for name, e in self.by_name.items()}
 
 

@@ -185,8 +185,8 @@ class LayerMethod(Explainer):
     ``nn.Module``, a dotted name (``"layer4.1"``) or None for the automatic choice: the last module
     whose output is a (B, K, u, v) map with u*v > 1 before pooling removes the spatial dims.
     ``reshape`` maps a token layer's output to a grid: a callable (a pure re-indexing, also applied
-    to the gradients, e.g. :class:`gradcam.reshape.TokenGrid`), ``"auto"`` (inferred once from the
-    model and the first input by :func:`gradcam.reshape.auto_reshape`) or None.
+    to the gradients, e.g. :class:`gradcam.reshape.TokenGrid`), ``"auto"`` (inferred once, from the
+    model and the first call's activations, by :func:`gradcam.reshape.reshape_for_output`) or None.
     """
 
     needs_gradients: ClassVar[bool] = True
@@ -236,6 +236,12 @@ class LayerMethod(Explainer):
         name, layer = self._resolve(x, forward_kwargs)
         with torch.no_grad(), compile_friendly(), capture_layer(layer, name, record_graph=record_graph) as capture:
             output = run_model(self.model, x, forward_kwargs)
+        if capture.activations is not None and isinstance(self.reshape, str):  # "auto", on the first call
+            from ..reshape import reshape_for_output
+
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            self.reshape = reshape_for_output(self.model, name, capture.activations.shape, size)
+            logger.info("gradcam: reshape for layer %s: %s", name, self.reshape)
         if capture.activations is None:
             hint = ""
             if is_compiled(self.model):
@@ -274,11 +280,6 @@ class LayerMethod(Explainer):
             name = choose_layer(probe_layers(self.model, x[:1], kwargs), self.model)
             self._layer = resolve_layer(self.model, name)
             logger.info("gradcam: layer chosen automatically: %s", name)
-        if isinstance(self.reshape, str):
-            from ..reshape import auto_reshape
-
-            self.reshape = auto_reshape(self.model, self._layer[0], x[:1], kwargs)
-            logger.info("gradcam: reshape for layer %s: %s", self._layer[0], self.reshape)
         return self._layer
 
     def __call__(
