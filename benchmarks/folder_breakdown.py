@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from folder_throughput import make_folder
 
+from gradcam.imaging.geometry import normalize_pixels
 from gradcam.imaging.io import can_sync_filesystem, save_npy_atomic
 from gradcam.jobs.explain import (
     ExplainSettings,
@@ -96,7 +97,7 @@ def main() -> None:
         paths = make_folder(root / "in", args.images)
         files = ImageFiles(paths, loaded.preprocess, keep_original=False)
         decoded = list(decoded_batches(files, args.batch, 0, threads, False))
-        ready = [b["x"].to(device) for b in decoded]
+        ready = [normalize_pixels(b["x"].to(device), loaded.preprocess) for b in decoded]
         geometries = [b["geometries"] for b in decoded]
         explainers = _Explainers(model, loaded.default_layer, settings.methods)
         explainers.run(ready[0], settings)
@@ -107,7 +108,7 @@ def main() -> None:
                               device=device, workers=workers, writers=writers, progress=False)  # fmt: skip
                 return
             if level >= 2:
-                batches = ((b["x"].to(device, non_blocking=True), b["geometries"])
+                batches = ((normalize_pixels(b["x"].to(device, non_blocking=True), loaded.preprocess), b["geometries"])
                            for b in decoded_batches(files, args.batch, workers, threads, not on_cpu))  # fmt: skip
             else:
                 batches = zip(ready, geometries)

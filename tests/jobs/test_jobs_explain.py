@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gradcam.imaging.geometry import PreprocessConfig, compute_geometry
+from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normalize_pixels, preprocess
 from gradcam.imaging.io import load_image
 from gradcam.jobs import explain as jobs
-from gradcam.jobs.explain import ImageFiles, decoded_batches, maps_to_originals
+from gradcam.jobs.explain import ImageFiles, decoded_batches, maps_to_originals, prepare_image
+from gradcam.models._loaders import WholeImagePreprocess
 
 CONFIG = PreprocessConfig(input_size=32, resize_size=40, interpolation="bicubic")
 
@@ -47,6 +48,26 @@ def test_threaded_decoding_gives_the_dataloaders_batches(tmp_path: Path, threads
     failures = [f for batch in threaded for f in batch["failures"]]
     assert [index for index, _ in failures] == [5, 6]
     assert "not an image" in failures[0][1] and "no such file" in failures[1][1]
+
+
+@pytest.mark.parametrize("config", [CONFIG, WholeImagePreprocess(resize_size=40, interpolation="bilinear")])
+def test_batches_carry_uint8_crops_that_normalise_to_the_model_inputs_bit_for_bit(tmp_path: Path, config) -> None:
+    """Decoding workers send uint8 crops; normalising a whole batch gives each image's prepare_image input."""
+    paths = _folder(tmp_path)
+    one_by_one = config if isinstance(config, WholeImagePreprocess) else (lambda image: preprocess(image, config))
+    expected = {i: one_by_one(load_image(p)) for i, p in enumerate(paths[:5])}
+    assert all(torch.equal(prepare_image(load_image(p), config)[0], expected[i][0]) for i, p in enumerate(paths[:5]))
+    seen = 0
+    for batch in decoded_batches(ImageFiles(paths, config), 3, workers=0, threads=2, pin_memory=False):
+        for positions, pixels in jobs.same_size_groups(batch):
+            assert pixels.dtype == torch.uint8
+            x = normalize_pixels(pixels, config)
+            for row, position in enumerate(positions):
+                index = batch["indices"][position]
+                assert torch.equal(x[row], expected[index][0])
+                assert batch["geometries"][position] == expected[index][1]
+                seen += 1
+    assert seen == 5
 
 
 def test_items_keep_the_decoded_pixels_only_when_asked(tmp_path: Path) -> None:

@@ -303,12 +303,18 @@ def preprocess(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> t
 
 def normalized_crop(pixels: torch.Tensor, geometry: Geometry, config: PreprocessConfig) -> torch.Tensor:
     """The model input for uint8 (3, H0, W0) ``pixels`` laid out by ``geometry``: :func:`resized_crop`
-    with ``config.interpolation``, then ``x = (pixel / 255 - mean) / std`` per channel, float32."""
+    with ``config.interpolation``, then :func:`normalize_pixels`."""
     interpolation = config.pil_resample.name.lower()  # a clear error for an unknown name
-    tensor = resized_crop(pixels, geometry, interpolation).to(torch.float32).div(255)
-    mean = torch.as_tensor(config.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor(config.std, dtype=torch.float32).view(-1, 1, 1)
-    return tensor.sub(mean).div(std)
+    return normalize_pixels(resized_crop(pixels, geometry, interpolation), config)
+
+
+def normalize_pixels(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """uint8 (3, h, w) or (B, 3, h, w) RGB pixels -> float32 ``x = (pixel / 255 - mean) / std`` per
+    channel, on the pixels' device. The same operations in the same order for one image or a batch,
+    so a batch normalised at once equals its images normalised one by one, bit for bit."""
+    mean = torch.as_tensor(config.mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std = torch.as_tensor(config.std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return pixels.to(torch.float32).div(255).sub(mean).div(std)
 
 
 def preprocess_batch(

@@ -44,7 +44,14 @@ from ..capture import model_guard
 from ..errors import LayerError, TargetError
 from ..explanation import Explanation
 from ..imaging import draw
-from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
+from ..imaging.geometry import (
+    Geometry,
+    PreprocessConfig,
+    compute_geometry,
+    image_pixels,
+    normalize_pixels,
+    resized_crop,
+)
 from ..imaging.io import (
     ImageReadError,
     can_sync_filesystem,
@@ -185,14 +192,26 @@ class JobSummary:
 
 
 def prepare_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
-    """The model input for one image: centre-cropped (:func:`preprocess`) or whole (detection, segmentation)."""
-    if isinstance(config, WholeImagePreprocess):
-        return config(image)
-    return preprocess(image, config)
+    """The model input for one image: centre-cropped (:func:`gradcam.imaging.preprocess`) or whole
+    (detection, segmentation); :func:`crop_image`, then :func:`normalize_pixels`."""
+    pixels, geometry = crop_image(image, config)
+    return normalize_pixels(pixels, config), geometry
+
+
+def crop_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
+    """The model input's uint8 (3, h, w) pixels for one image, before normalisation, and its Geometry:
+    the job decodes and crops in its decoding workers and normalises whole batches on the device, so
+    a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes."""
+    pixels = image_pixels(image)
+    size = (int(pixels.shape[2]), int(pixels.shape[1]))
+    whole = isinstance(config, WholeImagePreprocess)
+    geometry = config.geometry(size) if whole else compute_geometry(size, config)
+    return resized_crop(pixels, geometry, config.pil_resample.name.lower()), geometry
 
 
 class ImageFiles(Dataset):
-    """Decodes and preprocesses one file per item; a bad file becomes an error record, not an exception."""
+    """Decodes and crops one file per item (:func:`crop_image`: uint8 pixels, normalised per batch by
+    :func:`normalize_pixels`); a bad file becomes an error record, not an exception."""
 
     def __init__(self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True) -> None:
         self.paths = list(paths)
@@ -205,7 +224,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             pixels = read_pixels(self.paths[index])  # (3, H, W), a view of an (H, W, 3) buffer
-            tensor, geometry = prepare_image(pixels, self.config)
+            tensor, geometry = crop_image(pixels, self.config)
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
         except (OSError, ValueError) as error:  # e.g. decompression-bomb limits, odd modes
@@ -980,7 +999,7 @@ def explain_files(
             if not batch["indices"]:
                 continue
             for positions, group_x in same_size_groups(batch):
-                x = group_x.to(device, non_blocking=True)
+                x = normalize_pixels(group_x.to(device, non_blocking=True), loaded.preprocess)
                 geometries = [batch["geometries"][p] for p in positions]
                 results, kept, failures, items = _explain_group(
                     x, geometries, explainers, runner, settings, loaded.labels
