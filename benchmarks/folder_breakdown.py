@@ -41,6 +41,8 @@ from gradcam.jobs.explain import (
     _commit,
     _Explainers,
     _saliency_2d,
+    _shares,
+    _writer_count,
     _writer_pool,
     decoded_batches,
     default_pipeline,
@@ -124,12 +126,10 @@ def main() -> None:
                 maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries)
                 if level < 4:
                     continue
-                items = []
-                for heatmap in maps:
-                    folder = root / f"item-{next(serial)}"
-                    written = writer.submit(write, folder, heatmap if level >= 5 else None, synced_folder is None)
-                    items.append((folder, written))
-                pending.append(commits.submit(_commit, items, synced_folder))
+                durable = synced_folder is None
+                items = [(root / f"item-{next(serial)}", m if level >= 5 else None, durable) for m in maps]
+                tasks = [writer.submit(write_items, share) for share in _shares(items, _writer_count(writers))]
+                pending.append(commits.submit(_commit, [item[0] for item in items], tasks, synced_folder))
             sync()
             for commit in pending:
                 commit.result()
@@ -152,6 +152,11 @@ def main() -> None:
     for level, (row, median) in enumerate(zip(ROWS, medians)):
         added = "" if level in (0, 6) else f"{median - medians[level - 1]:+.2f}"
         print(f"| {row} | {median:.2f} | {added} | {medians[0] / median:.2f} |")
+
+
+def write_items(items: list[tuple[Path, torch.Tensor | None, bool]]) -> list[dict]:
+    """A writer task: a share of one batch's items, as the job hands them out."""
+    return [write(*item) for item in items]
 
 
 def write(folder: Path, heatmap: torch.Tensor | None, durable: bool) -> dict:

@@ -227,10 +227,10 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
             def __init__(self, writers):
                 self.pool = real_pool(writers)
 
-            def submit(self, *args):
-                backlog["now"] += 1
+            def submit(self, function, items):  # a writer task: a share of one batch's items
+                backlog["now"] += len(items)
                 backlog["max"] = max(backlog["max"], backlog["now"])
-                return self.pool.submit(*args)
+                return self.pool.submit(function, items)
 
             def shutdown(self, wait=True):
                 self.pool.shutdown(wait=wait)
@@ -252,6 +252,14 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
         np.testing.assert_array_equal(np.load(a), np.load(b))
 
 
+def test_a_batch_is_shared_among_the_writers_in_order() -> None:
+    assert jobs._shares(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert jobs._shares(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+    assert jobs._shares([7], 4) == [[7]]
+    assert jobs._shares(list(range(3)), 0) == [[0, 1, 2]]
+    assert jobs._shares([], 2) == []
+
+
 def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
     assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
     monkeypatch.setattr(jobs.os, "cpu_count", lambda: 16)
@@ -264,9 +272,10 @@ def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerat
         assert jobs.default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
 
 
-def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writers", [0, 2])
+def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(tmp_path: Path, writers: int) -> None:
     """``raw`` writes Explanation.raw (7 x 7 Grad-CAM before upsampling, unnormalised); with the geometry
-    in item.json, heatmap_from_raw gives the heatmap .npy the job writes."""
+    in item.json, heatmap_from_raw gives the heatmap .npy the job writes (writer threads or processes)."""
     from gradcam.imaging.geometry import Geometry, preprocess
     from gradcam.methods import create_explainer
     from gradcam.models import load_model
@@ -275,7 +284,7 @@ def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(tmp_pat
     loaded = load_model()
     methods = ("gradcam", "counterfactual", "guided-backprop")
     settings = jobs.ExplainSettings(methods=methods, outputs=("raw", "heatmap"))
-    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
     summary = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
     assert summary.done == 3
     gradcam = create_explainer("gradcam", loaded.model, loaded.default_layer)
