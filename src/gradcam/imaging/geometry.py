@@ -11,6 +11,7 @@ Three frames are involved: the *original* image (W0 x H0), the *resized* image (
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -312,9 +313,15 @@ def normalize_pixels(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Te
     """uint8 (3, h, w) or (B, 3, h, w) RGB pixels -> float32 ``x = (pixel / 255 - mean) / std`` per
     channel, on the pixels' device. The same operations in the same order for one image or a batch,
     so a batch normalised at once equals its images normalised one by one, bit for bit."""
-    mean = torch.as_tensor(config.mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
-    std = torch.as_tensor(config.std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    mean, std = _per_channel(tuple(config.mean), pixels.device), _per_channel(tuple(config.std), pixels.device)
     return pixels.to(torch.float32).div(255).sub(mean).div(std)
+
+
+@functools.lru_cache(maxsize=32)
+def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 (C, 1, 1) tensor on ``device``, made once: a new one per batch would be
+    a copy from pageable host memory, which may wait for the device's queue."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
 def preprocess_batch(

@@ -1,0 +1,45 @@
+"""The folder job on a CUDA device gives the CPU job's maps (skipped without CUDA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradcam.imaging.geometry import PreprocessConfig, normalize_pixels
+from gradcam.jobs import explain as jobs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_normalising_on_the_device_gives_the_cpus_values():
+    config = PreprocessConfig(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    on_gpu = normalize_pixels(pixels.cuda(), config)
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), normalize_pixels(pixels, config))
+
+
+def test_a_cuda_job_with_decoding_and_writer_processes_gives_the_cpu_jobs_maps(tmp_path: Path, monkeypatch):
+    from gradcam.models import load_model
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(64, 48), (48, 64), (64, 48), (50, 50), (64, 48)]):
+        paths.append(tmp_path / f"img_{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    loaded = load_model()
+    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw", "heatmap"))
+    cpu = jobs.explain_files(paths, loaded, settings, tmp_path / "cpu", batch_size=2, workers=0, writers=0,
+                             progress=False)  # fmt: skip
+    gpu = jobs.explain_files(paths, loaded, settings, tmp_path / "gpu", batch_size=2, device="cuda", workers=2,
+                             writers=2, progress=False)  # fmt: skip
+    assert cpu.done == gpu.done == 5
+    for a, b in zip(cpu.items, gpu.items):
+        assert a["input"] == b["input"] and a["targets"] == b["targets"]
+        for kind in ("raw", "heatmap"):
+            ours, theirs = np.load(a["outputs"][0][kind]), np.load(b["outputs"][0][kind])
+            np.testing.assert_allclose(theirs, ours, rtol=1e-3, atol=1e-4 * float(np.abs(ours).max()))
