@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except (GradCAMError, ValueError) as error:
         return _fail(str(error))
+    except OSError as error:  # the outputs could not be written: a full disk, a read-only folder, ...
+        print(f"gradcam explain: error: cannot write the outputs under {out}: {error}; the items written "
+              "before it are kept, and a rerun resumes", file=sys.stderr)  # fmt: skip
+        return 1
     if distributed_rank()[0] != 0:  # under torchrun, rank 0 reports for everyone
         return 1 if summary.failed else 0
     print(
