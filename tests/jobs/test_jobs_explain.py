@@ -86,11 +86,15 @@ def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.Monk
     for limit in (1 << 25, 2 * 64 * 48 * 2):  # one call per size, or chunks of two rows
         monkeypatch.setattr(jobs, "_RESAMPLE_ELEMENTS", limit)
         mapped = maps_to_originals(maps, geometries)
-        assert len(mapped) == len(sizes)
-        for ours, theirs, (width, height) in zip(mapped, expected, sizes):
+        views = maps_to_originals(maps, geometries, own_storage=False)
+        assert len(mapped) == len(views) == len(sizes)
+        for ours, view, theirs, (width, height) in zip(mapped, views, expected, sizes):
             assert ours.shape == (2, height, width)
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
             assert ours.untyped_storage().nbytes() == ours.numel() * 4  # its own storage, not a batch view
+            assert torch.equal(view, ours)
+        shared = sum(v.untyped_storage().nbytes() > v.numel() * 4 for v in views)
+        assert shared == (3 if limit > 1 << 20 else 2)  # 64 x 48 rows share a call: all three, or two per chunk
 
 
 def test_settings_refuse_an_unknown_picture_format_and_key_a_jpeg_choice() -> None:

@@ -838,10 +838,13 @@ IN_FLIGHT_BYTES = 1 << 30
 _RESAMPLE_ELEMENTS = 1 << 25  # at most 128 MiB of float32 maps on original pixels per resampling call
 
 
-def maps_to_originals(maps: torch.Tensor, geometries: Sequence[Geometry]) -> list[torch.Tensor]:
+def maps_to_originals(
+    maps: torch.Tensor, geometries: Sequence[Geometry], own_storage: bool = True
+) -> list[torch.Tensor]:
     """Row i of ``maps`` (B, ...) on image i's original pixels (:meth:`Geometry.to_original`), float32
-    on the CPU, each in its own storage; rows that share a geometry (same-size images) are resampled
-    in one call."""
+    on the CPU; rows that share a geometry (same-size images) are resampled in one call. Each row has
+    its own storage if ``own_storage`` (a writer process is sent that row alone), else it may be a view
+    of its call's result (writer threads: no 1.2 MB copy per 640 x 480 map)."""
     rows_of: dict[Geometry, list[int]] = {}
     for row, geometry in enumerate(geometries):
         rows_of.setdefault(geometry, []).append(row)
@@ -853,7 +856,7 @@ def maps_to_originals(maps: torch.Tensor, geometries: Sequence[Geometry]) -> lis
             chunk = rows[start : start + per_call]
             index = torch.tensor(chunk, device=maps.device)
             for row, original in zip(chunk, geometry.to_original(maps.index_select(0, index).float()).cpu()):
-                mapped[row] = original.clone()  # its own storage: a writer process is sent this row alone
+                mapped[row] = original.clone() if own_storage else original
     return mapped
 
 
@@ -1032,7 +1035,7 @@ def explain_files(
                 writes: list[tuple[Any, ...]] = []  # this group's items: _write_outputs' arguments
                 holds: list[tuple[Path, int]] = []
                 on_originals = {
-                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
+                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries, writers > 0)
                     if settings.on_original_pixels else None
                     for name, e in results.items()
                 }  # fmt: skip
