@@ -740,7 +740,7 @@ def _write_item(
     item_dir: Path,
     original: Image.Image | None,
     maps: dict[str, torch.Tensor | None],
-    raws: dict[str, torch.Tensor | None],
+    raws: dict[str, np.ndarray | None],
     targets: ItemTargets,
     scores: dict[str, list[float]],
     settings: ExplainSettings,
@@ -797,7 +797,7 @@ def _save_picture(stem: Path, picture: Image.Image, picture_format: str, durable
 
 def _write_outputs(
     item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor | None],
-    raws: dict[str, torch.Tensor | None], scores: dict[str, list[float]], targets: ItemTargets,
+    raws: dict[str, np.ndarray | None], scores: dict[str, list[float]], targets: ItemTargets,
     settings: ExplainSettings, durable: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """Writer task: every output file of one item; ``record`` with their paths (item.json is the commit's)."""
