@@ -250,15 +250,23 @@ def test_missing_path_is_an_error(tmp_path, capsys):
     assert code == 2 and "absent.jpg" in err
 
 
-def test_parallel_decoding_gives_the_same_maps(tmp_path, capsys):
+def test_parallel_decoding_and_writing_give_the_same_outputs(tmp_path, capsys):
+    """Decoding processes (uint8 batches) and writer processes (raw maps as arrays, heatmaps as tensors,
+    overlays drawn there) write what the in-process threads write."""
     for name in ("coffee", "cameraman", "chelsea_cat"):
         shutil.copy(sample_path(name), tmp_path / f"{name}.jpg")
-    base = ["explain", tmp_path, "--method", "gradcam", "--quiet", "--batch-size", "2"]
-    assert run([*base, "--out", tmp_path / "serial", "--workers", "0"], capsys)[0] == 0
-    assert run([*base, "--out", tmp_path / "parallel", "--workers", "2"], capsys)[0] == 0
-    for npy in (tmp_path / "serial").rglob("*.npy"):
+    base = ["explain", tmp_path, "--method", "gradcam", "--quiet", "--batch-size", "2", "--outputs",
+            "heatmap,raw,overlay"]  # fmt: skip
+    assert run([*base, "--out", tmp_path / "serial", "--workers", "0", "--writers", "0"], capsys)[0] == 0
+    assert run([*base, "--out", tmp_path / "parallel", "--workers", "2", "--writers", "2"], capsys)[0] == 0
+    written = sorted((tmp_path / "serial").rglob("*.npy"))
+    assert len(written) == 6  # 3 images x (heatmap, raw)
+    for npy in written:
         twin = tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")
         np.testing.assert_allclose(np.load(npy), np.load(twin), atol=1e-5)
+    for png in (tmp_path / "serial").rglob("*.png"):
+        twin = tmp_path / "parallel" / png.relative_to(tmp_path / "serial")
+        assert np.abs(np.asarray(Image.open(png), int) - np.asarray(Image.open(twin), int)).max() <= 1
 
 
 def test_layers_and_models_commands(capsys):
