@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gradcam.assets import sample_names, sample_path
 from gradcam.imaging.geometry import PreprocessConfig, normalize_pixels
 from gradcam.jobs import explain as jobs
 
@@ -26,11 +27,10 @@ def test_a_cuda_job_with_decoding_and_writer_processes_gives_the_cpu_jobs_maps(t
     from gradcam.models import load_model
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU
+    paths = [sample_path(name) for name in sample_names()]  # photos: confident, well-separated top-1 classes
     rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(64, 48), (48, 64), (64, 48), (50, 50), (64, 48)]):
-        paths.append(tmp_path / f"img_{i}.jpg")
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    paths.append(tmp_path / "noise.jpg")  # and a fifth image, so that batches of 2 end with a single one
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(paths[-1], quality=90)
     loaded = load_model()
     settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw", "heatmap"))
     cpu = jobs.explain_files(paths, loaded, settings, tmp_path / "cpu", batch_size=2, workers=0, writers=0,
@@ -38,7 +38,7 @@ def test_a_cuda_job_with_decoding_and_writer_processes_gives_the_cpu_jobs_maps(t
     gpu = jobs.explain_files(paths, loaded, settings, tmp_path / "gpu", batch_size=2, device="cuda", workers=2,
                              writers=2, progress=False)  # fmt: skip
     assert cpu.done == gpu.done == 5
-    for a, b in zip(cpu.items, gpu.items):
+    for a, b in zip(cpu.items[:-1], gpu.items[:-1]):  # the noise image's top-1 may differ between devices
         assert a["input"] == b["input"] and a["targets"] == b["targets"]
         for kind in ("raw", "heatmap"):
             ours, theirs = np.load(a["outputs"][0][kind]), np.load(b["outputs"][0][kind])
