@@ -807,7 +807,8 @@ def _write_outputs(
 
 def _write_items(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """Writer task: :func:`_write_outputs` for each item of a share of one batch (one task per writer
-    and batch: 2 writer processes took 0.25 ms per raw-output item in tasks of 16, 0.52 in tasks of 1)."""
+    and batch: 2 writer processes took 0.20 ms per raw-output item so, 0.39 with a task per item;
+    ``benchmarks/writer_pool.py``)."""
     return [_write_outputs(*item) for item in items]
 
 
@@ -863,8 +864,8 @@ def maps_to_originals(
 def _raw_rows(maps: torch.Tensor) -> list[np.ndarray]:
     """The rows of ``maps`` as float32 numpy arrays, each its own copy (one device copy for all). Not
     tensors: a tensor goes to a writer process through shared memory and a file descriptor, so a
-    raw-output item took 1.23 ms through 2 writer processes with a 7 x 7 tensor and 0.66 ms with an
-    array (128 items)."""
+    raw-output item took 0.89 ms through 2 writer processes with a 7 x 7 tensor and 0.39 ms with an
+    array (``benchmarks/writer_pool.py``, a task per item)."""
     return [row.copy() for row in maps.detach().float().cpu().numpy()]
 
 
