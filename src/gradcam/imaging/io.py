@@ -327,8 +327,9 @@ def can_sync_filesystem() -> bool:
 def sync_filesystem(folder: str | os.PathLike[str]) -> None:
     """Flush every file written so far on ``folder``'s filesystem to its disk and wait for it (Linux's
     ``syncfs(2)``): one journal commit for a whole batch of files written with ``durable=False``, where
-    an fsync per file costs one each (ext4, 16 files of 324 bytes: 0.26 against 1.08 ms of CPU per
-    file). Raises OSError when the kernel reports a failed write, NotImplementedError off Linux."""
+    an fsync per file costs one each (ext4, batches of 16 files of 324 bytes: 0.23 against 0.63 ms of
+    CPU per file; ``benchmarks/write_durability.py``). Raises OSError when the kernel reports a failed
+    write, NotImplementedError off Linux."""
     syncfs = _syncfs()
     if syncfs is None:
         raise NotImplementedError("sync_filesystem needs Linux's syncfs(2); write each file with durable=True")
