@@ -13,7 +13,9 @@ from gradcam.assets import sample_names, sample_path
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    scratch = cwd / "tmp"  # torchrun's own temporary folders (torchelastic_*) stay inside the test's folder
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "gradcam", *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
