@@ -46,6 +46,10 @@ class PreprocessConfig:
         """The PIL resampling filter named by ``interpolation`` (ValueError for an unknown name)."""
         return resample_filter(self.interpolation)
 
+    def geometry(self, size: tuple[int, int]) -> Geometry:
+        """The Geometry of an image of ``size`` (W0, H0): resized and centre-cropped (:func:`compute_geometry`)."""
+        return compute_geometry(size, self)
+
 
 _RESAMPLE_BY_NAME: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,

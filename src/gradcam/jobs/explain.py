@@ -47,7 +47,6 @@ from ..imaging import draw
 from ..imaging.geometry import (
     Geometry,
     PreprocessConfig,
-    compute_geometry,
     image_pixels,
     normalize_pixels,
     resized_crop,
@@ -65,7 +64,6 @@ from ..imaging.io import (
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer, normalize, upsample
 from ..models import LoadedModel
-from ..models._loaders import WholeImagePreprocess
 from ..targets import TopK
 from .distributed import all_gather, barrier, distributed_rank, rank_device
 
@@ -203,9 +201,7 @@ def crop_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> t
     the job decodes and crops in its decoding workers and normalises whole batches on the device, so
     a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes."""
     pixels = image_pixels(image)
-    size = (int(pixels.shape[2]), int(pixels.shape[1]))
-    whole = isinstance(config, WholeImagePreprocess)
-    geometry = config.geometry(size) if whole else compute_geometry(size, config)
+    geometry = config.geometry((int(pixels.shape[2]), int(pixels.shape[1])))  # whole-image configs: no crop
     return resized_crop(pixels, geometry, config.pil_resample.name.lower()), geometry
 
 
