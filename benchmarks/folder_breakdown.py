@@ -123,7 +123,7 @@ def main() -> None:
                 results, _, _ = explainers.run(x, settings)
                 if level < 3:
                     continue
-                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries)
+                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries, writers > 0)
                 if level < 4:
                     continue
                 durable = synced_folder is None
