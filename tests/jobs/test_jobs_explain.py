@@ -193,6 +193,51 @@ def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
     assert forwards == [2, 2, 1]
 
 
+def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: Path, monkeypatch) -> None:
+    """On a CPU device the writers never run beside the model: every item handed to them is written
+    before the next forward starts (slow writers make an overlap show)."""
+    import time
+
+    from gradcam.models import load_model
+
+    loaded = load_model()
+    written: list[int] = []
+    handed: list[int] = []
+    at_forwards: list[tuple[int, int]] = []  # (items handed to the writers, items written) at each forward
+    real_write_items = jobs._write_items
+
+    def slow_write_items(items):
+        time.sleep(0.05)
+        records = real_write_items(items)
+        written.append(len(items))
+        return records
+
+    real_pool = jobs._writer_pool
+
+    class Pool:
+        def __init__(self, writers):
+            self.pool = real_pool(writers)
+
+        def submit(self, function, items):
+            handed.append(len(items))
+            return self.pool.submit(function, items)
+
+        def shutdown(self, wait=True):
+            self.pool.shutdown(wait=wait)
+
+    monkeypatch.setattr(jobs, "_write_items", slow_write_items)
+    monkeypatch.setattr(jobs, "_writer_pool", Pool)
+    handle = loaded.model.register_forward_pre_hook(lambda *_: at_forwards.append((sum(handed), sum(written))))
+    try:
+        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
+        run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+        summary = jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
+    finally:
+        handle.remove()
+    assert summary.done == 5 and sum(written) == 5
+    assert at_forwards == [(0, 0), (2, 2), (4, 4)]
+
+
 def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Path) -> None:
     import threading
 

@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -946,7 +946,9 @@ def explain_files(
 
     Decoding runs in ``workers`` DataLoader processes, overlapping the model (on a GPU), or with
     ``workers=0`` in ``torch.get_num_threads()`` threads between model steps (on a CPU, where the
-    model uses every core); drawing/encoding runs in ``writers`` processes (0: threads). Under
+    model uses every core); drawing/encoding runs in ``writers`` processes (0: threads), beside the
+    model on an accelerator and between model steps on a CPU (a batch's writes finish, while the next
+    batch decodes, before that batch's explanation call). Under
     ``torchrun`` each rank takes a disjoint shard (``pending[rank::world]``) and rank 0 writes the
     merged manifest. Non-class tasks look at the model's output once per batch (no gradients) to build
     the target and the predictions.
@@ -1008,6 +1010,11 @@ def explain_files(
 
     pool, writer_count = _writer_pool(writers), _writer_count(writers)
     commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
+    # On a CPU device the model's threads use every core, and a writer beside them costs them more than
+    # it saves (a core, and the GIL that every op of the model's forward takes): there a batch's writes
+    # finish before the next model step, while the next batch decodes.
+    writes_between_steps = device.type == "cpu"
+    writing: list[Future] = []  # the writer tasks submitted since the last model step
     try:
         for batch in loader:
             for index, error in batch["failures"]:
@@ -1015,6 +1022,9 @@ def explain_files(
             if not batch["indices"]:
                 continue
             for positions, group_x in same_size_groups(batch):
+                if writes_between_steps:
+                    wait(writing)  # a failed task raises through its batch's commit, in drain
+                    writing.clear()
                 x = normalize_pixels(group_x.to(device, non_blocking=True), loaded.preprocess)
                 geometries = [batch["geometries"][p] for p in positions]
                 results, kept, failures, items = _explain_group(
@@ -1067,6 +1077,7 @@ def explain_files(
                     held = sum(m.nbytes for m in arrays)
                     holds.append((path, held + (0 if pixels is None else pixels.numel())))
                 tasks = [pool.submit(_write_items, share) for share in _shares(writes, writer_count)]
+                writing.extend(tasks)
                 commit = commits.submit(_commit, [item[0] for item in writes], tasks, synced_folder)
                 in_flight.extend((path, commit, place, held) for place, (path, held) in enumerate(holds))
             drain(keep=2 * batch_size)  # bounded: at most two batches, and IN_FLIGHT_BYTES, of drawing behind
