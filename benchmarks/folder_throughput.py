@@ -3,16 +3,19 @@
     python benchmarks/folder_throughput.py --images 64 --device cpu
     python benchmarks/folder_throughput.py --images 512 --device cuda --batch 32 --workers 8 --writers 8
 
-Each round times the forward, then every output choice, so that a ratio compares runs minutes apart at
-most (a shared machine's speed drifts by +-20 % over minutes); the table gives medians over rounds.
+Each round times every output choice, each right after a forward of its own, so that a ratio compares
+runs seconds apart (a shared machine's speed drifts by +-20 % over minutes); the table gives medians
+over rounds.
 
 The folder holds ``--images`` JPEGs (640x480, made from the bundled photos with random crops and
 flips). The floor is the model's ``torch.inference_mode()`` forward on ready tensors of the same batch
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
 writes an overlay PNG, a .npy map, a panel and item.json per image (``all``), the same with JPEG
 overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .npy maps and item.json);
-each ``;``-separated choice of ``--outputs`` is a row. A row ending in ``+pil`` decodes every JPEG with
-PIL instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run.
+each ``;``-separated choice of ``--outputs`` is a row. A row with ``+pil`` decodes every JPEG with PIL
+instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run; one with
+``+beside`` lets a CPU job's writers run beside the model instead of between model steps (as the job
+did before 2026-12-02), to compare the two in one run.
 
 ``--phases`` also prints, per row, how each job's time splits between waiting for decoded batches, the
 explanation calls and the rest (setup, hand-off to the writers, the last writes, the manifest).
@@ -91,7 +94,7 @@ def main() -> None:
         "--outputs",
         default="all;all:jpg;heatmap",
         help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels, "
-        "'+pil' to decode with PIL",
+        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
     parser.add_argument("--phases", action="store_true", help="also split each row's time into its phases")
@@ -115,16 +118,16 @@ def main() -> None:
         size = loaded.preprocess.input_size
         forward_throughput(loaded.model, args.batch, size, device, batches=2)  # warm-up
         for choice in choices:  # warm-up
-            with _decoder(choice):
+            with _decoder(choice), _writes(choice):
                 settings = _settings(args.method, choice)
                 explain_files(paths[: 2 * args.batch], loaded, settings, Path(tmp) / "warm", overwrite=True, **run)
         for r in range(args.rounds):
             batches = max(2, args.images // args.batch)
-            floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
-            floors.append(floor)
             for choice in choices:
+                floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
+                floors.append(floor)
                 settings = _settings(args.method, choice)
-                with _decoder(choice), _phase_clock(args.phases) as clock:
+                with _decoder(choice), _writes(choice), _phase_clock(args.phases) as clock:
                     summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
                 clock["rest"] = summary.seconds - clock["decoding"] - clock["explaining"]
                 phases[choice].append({k: v / summary.done * 1e3 for k, v in clock.items()})
@@ -159,8 +162,8 @@ def timing_model(name: str, folder: Path) -> LoadedModel:
 
 @contextlib.contextmanager
 def _decoder(choice: str) -> Iterator[None]:
-    """PIL decodes every JPEG inside when ``choice`` ends in ``+pil``."""
-    if not choice.endswith("+pil"):
+    """PIL decodes every JPEG inside when ``choice`` has ``+pil``."""
+    if "pil" not in _flags(choice):
         yield
         return
     own = image_io._jpeg_decoder
@@ -207,8 +210,27 @@ def _phase_clock(enabled: bool) -> Iterator[dict[str, float]]:
         jobs.decoded_batches, jobs._explain_group = batches, explain_group
 
 
+@contextlib.contextmanager
+def _writes(choice: str) -> Iterator[None]:
+    """A CPU job's writers run beside the model inside when ``choice`` has ``+beside``: the job no longer
+    waits for a batch's writes before the next model step."""
+    if "beside" not in _flags(choice):
+        yield
+        return
+    own = jobs.wait
+    jobs.wait = lambda futures: None
+    try:
+        yield
+    finally:
+        jobs.wait = own
+
+
+def _flags(choice: str) -> set[str]:
+    return set(choice.split("+")[1:])
+
+
 def _settings(method: str, choice: str) -> ExplainSettings:
-    kinds, _, picture_format = choice.removesuffix("+pil").partition(":")
+    kinds, _, picture_format = choice.split("+")[0].partition(":")
     outputs = OUTPUT_KINDS if kinds == "all" else tuple(kinds.split(","))
     return ExplainSettings(methods=(method,), outputs=outputs, picture_format=picture_format or "png")
 
