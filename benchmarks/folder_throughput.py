@@ -7,15 +7,17 @@ Each round times every output choice, each right after a forward of its own, so 
 runs seconds apart (a shared machine's speed drifts by +-20 % over minutes); the table gives medians
 over rounds.
 
-The folder holds ``--images`` JPEGs (640x480, made from the bundled photos with random crops and
-flips). The floor is the model's ``torch.inference_mode()`` forward on ready tensors of the same batch
+The folder holds ``--images`` JPEGs (640x480, or ``--photo-size``, e.g. ``4032x3024`` for a phone's
+12-megapixel photos; made from the bundled photos with random crops and flips). The floor is the
+model's ``torch.inference_mode()`` forward on ready tensors of the same batch
 size; the explain run decodes, preprocesses, explains (one method), maps back to the original size and
 writes an overlay PNG, a .npy map, a panel and item.json per image (``all``), the same with JPEG
 overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .npy maps and item.json);
 each ``;``-separated choice of ``--outputs`` is a row. A row with ``+pil`` decodes every JPEG with PIL
 instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run; one with
 ``+beside`` lets a CPU job's writers run beside the model instead of between model steps (as the job
-did before 2026-12-02), to compare the two in one run.
+did before 2026-12-02), to compare the two in one run; one with ``+reduced`` decodes JPEGs at a DCT
+scale (``--reduced-decode``; not with drawn outputs).
 
 ``--phases`` also prints, per row, how each job's time splits between waiting for decoded batches, the
 explanation calls and the rest (setup, hand-off to the writers, the last writes, the manifest).
@@ -48,7 +50,7 @@ from gradcam.models import LoadedModel, load_model
 from gradcam.runtime import keep_freed_memory
 
 
-def make_folder(folder: Path, count: int) -> list[Path]:
+def make_folder(folder: Path, count: int, size: tuple[int, int] = (640, 480)) -> list[Path]:
     rng = random.Random(0)
     photos = [Image.open(sample_path(n)).convert("RGB") for n in sample_names()]
     paths = []
@@ -56,7 +58,7 @@ def make_folder(folder: Path, count: int) -> list[Path]:
         photo = photos[i % len(photos)]
         w, h = photo.size
         box = (rng.randint(0, w // 8), rng.randint(0, h // 8), w - rng.randint(0, w // 8), h - rng.randint(0, h // 8))
-        image = photo.crop(box).resize((640, 480))
+        image = photo.crop(box).resize(size)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
         path = folder / f"img_{i:05d}.jpg"
@@ -94,8 +96,10 @@ def main() -> None:
         "--outputs",
         default="all;all:jpg;heatmap",
         help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels, "
-        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU",
+        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU, '+reduced' for "
+        "--reduced-decode",
     )
+    parser.add_argument("--photo-size", default="640x480", help="the JPEGs' WIDTHxHEIGHT")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
     parser.add_argument("--phases", action="store_true", help="also split each row's time into its phases")
     args = parser.parse_args()
@@ -113,7 +117,8 @@ def main() -> None:
         loaded = timing_model(args.model, Path(tmp))
         loaded.model.to(device)
         (Path(tmp) / "in").mkdir()
-        paths = make_folder(Path(tmp) / "in", args.images)
+        photo_size = tuple(int(side) for side in args.photo_size.lower().split("x"))
+        paths = make_folder(Path(tmp) / "in", args.images, photo_size)
         run = dict(batch_size=args.batch, device=device, workers=workers, writers=writers, progress=False)
         size = loaded.preprocess.input_size
         forward_throughput(loaded.model, args.batch, size, device, batches=2)  # warm-up
@@ -134,7 +139,8 @@ def main() -> None:
                 rates[choice].append(summary.done / summary.seconds)
                 ratios[choice].append(rates[choice][-1] / floor)
     print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {workers}, writers {writers}, "
-          f"torch threads {torch.get_num_threads()}, {args.images} JPEGs (640x480), {args.rounds} rounds")  # fmt: skip
+          f"torch threads {torch.get_num_threads()}, {args.images} JPEGs ({args.photo_size}), "
+          f"{args.rounds} rounds")  # fmt: skip
     print("| what | images/s | ratio to forward (median of per-round ratios; min-max) |")
     print("|---|---|---|")
     print(f"| inference forward on ready tensors | {statistics.median(floors):.1f} | 1.00 |")
@@ -232,7 +238,12 @@ def _flags(choice: str) -> set[str]:
 def _settings(method: str, choice: str) -> ExplainSettings:
     kinds, _, picture_format = choice.split("+")[0].partition(":")
     outputs = OUTPUT_KINDS if kinds == "all" else tuple(kinds.split(","))
-    return ExplainSettings(methods=(method,), outputs=outputs, picture_format=picture_format or "png")
+    return ExplainSettings(
+        methods=(method,),
+        outputs=outputs,
+        picture_format=picture_format or "png",
+        reduced_decode="reduced" in _flags(choice),
+    )
 
 
 if __name__ == "__main__":

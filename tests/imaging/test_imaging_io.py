@@ -457,3 +457,75 @@ def test_sync_filesystem_says_what_to_do_where_syncfs_is_missing(
     assert not image_io.can_sync_filesystem()
     with pytest.raises(NotImplementedError, match="write each file with durable=True"):
         image_io.sync_filesystem(tmp_path)
+
+
+def _box_average(pixels: torch.Tensor, scale: int) -> torch.Tensor:
+    """(3, H, W) uint8 -> float (3, ceil(H/scale), ceil(W/scale)): the mean of each scale x scale block
+    (the partial last blocks averaged over the pixels they have), what a scaled IDCT approximates."""
+    channels, height, width = pixels.shape
+    padded_h, padded_w = -(-height // scale) * scale, -(-width // scale) * scale
+    values = torch.zeros(channels, padded_h, padded_w)
+    counts = torch.zeros(1, padded_h, padded_w)
+    values[:, :height, :width] = pixels.float()
+    counts[:, :height, :width] = 1
+    pool = torch.nn.functional.avg_pool2d
+    return pool(values[None], scale)[0] / pool(counts[None], scale)[0]
+
+
+@pytest.mark.parametrize(
+    ("orientation", "size", "scale", "shape"),
+    [
+        (1, (1030, 770), 8, (3, 97, 129)),  # ceil(770 / 8) x ceil(1030 / 8): the short blocks come last
+        (6, (1024, 768), 4, (3, 256, 192)),  # turned clockwise: the stored rows become columns
+        (6, (1030, 770), 2, (3, 515, 385)),  # 770 % 4 != 0 on the side the turn flips: only 1/2 is exact
+        (3, (1032, 776), 8, (3, 97, 129)),  # 180 degrees: both sides flipped, both divisible by 8
+    ],
+)
+def test_reduced_decoding_picks_the_largest_exact_scale_that_still_covers_the_need(
+    tmp_path: Path, orientation: int, size: tuple[int, int], scale: int, shape: tuple[int, int, int]
+) -> None:
+    """Asked for at least 120 x 90 upright pixels, the JPEG decodes at the largest DCT scale that covers
+    them and keeps the block mapping exact; each pixel is its block of the full decode (JPEG rounding aside)."""
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    _photo_like(*size).save(path, quality=95, exif=exif.tobytes())
+    full = read_pixels(path)
+    upright = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+    asked: list[tuple[int, int]] = []
+
+    def at_least(original: tuple[int, int]) -> tuple[int, int]:
+        asked.append(original)
+        return (120, 90)
+
+    pixels, original_size, chosen = image_io.read_reduced_pixels(path, at_least)
+    assert asked == [upright] and original_size == upright and chosen == scale
+    assert tuple(pixels.shape) == shape
+    difference = (pixels.float() - _box_average(full, scale)).abs()
+    assert difference.mean() < 3 and difference.max() < 80  # the sharp red block's edges ring a little
+
+
+def test_reduced_decoding_falls_back_to_the_full_decode(tmp_path: Path) -> None:
+    """A PNG, a JPEG that no scale can shrink enough, and one with an invalid orientation: scale 1,
+    read_pixels' pixels exactly. An orientation only XMP gives is known (PIL reads it) and applied."""
+    png, jpeg, invalid, xmp = (tmp_path / name for name in ("photo.png", "photo.jpg", "invalid.jpg", "xmp.jpg"))
+    _photo_like(400, 300).save(png)
+    _photo_like(400, 300).save(jpeg, quality=90)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = 9
+    _photo_like(400, 300).save(invalid, quality=90, exif=exif.tobytes())
+    for path, need in ((png, (50, 40)), (jpeg, (201, 100)), (invalid, (50, 40))):
+        pixels, original_size, scale = image_io.read_reduced_pixels(path, lambda size, need=need: need)
+        assert scale == 1 and torch.equal(pixels, read_pixels(path))
+        assert original_size == (int(pixels.shape[2]), int(pixels.shape[1]))
+    assert image_io.read_reduced_pixels(jpeg, lambda size: (200, 150))[2] == 2  # exactly half still fits
+    _photo_like(400, 300).save(xmp, quality=90, xmp=XMP_ORIENTATION_6)
+    pixels, original_size, scale = image_io.read_reduced_pixels(xmp, lambda size: (50, 40))
+    assert original_size == (300, 400) and scale == 4 and tuple(pixels.shape) == (3, 100, 75)
+
+
+def test_reduced_decoding_names_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        image_io.read_reduced_pixels(path, lambda size: (10, 10))

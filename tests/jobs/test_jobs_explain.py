@@ -384,3 +384,51 @@ def test_default_outputs_and_their_resume_key_are_unchanged_by_raw() -> None:
     assert with_raw["outputs"] == ["overlay", "heatmap", "panel", "raw"]
     with pytest.raises(ValueError, match="outputs must be a non-empty subset of overlay, heatmap, panel, raw"):
         jobs.ExplainSettings(outputs=("raws",))
+
+
+def test_reduced_decoding_explains_large_photos_as_a_full_decode_does(tmp_path: Path, monkeypatch) -> None:
+    """A 2048 x 1536 JPEG decoded at 1/4 for Lite0's 341 x 256 resize: the same geometry and top
+    classes, the model input within a few levels of the full decode's, and maps that agree."""
+    from gradcam.assets import sample_names, sample_path
+    from gradcam.models import load_model
+
+    scales: list[int] = []
+    real_read = jobs.read_reduced_pixels
+
+    def read(path, at_least):
+        pixels, size, scale = real_read(path, at_least)
+        scales.append(scale)
+        return pixels, size, scale
+
+    monkeypatch.setattr(jobs, "read_reduced_pixels", read)
+    loaded = load_model()
+    photo = tmp_path / "in" / "large.jpg"
+    photo.parent.mkdir()
+    Image.open(sample_path(sample_names()[1])).convert("RGB").resize((2048, 1536)).save(photo, quality=90)
+    full_item = ImageFiles([photo], loaded.preprocess, keep_original=False)[0]
+    reduced_item = ImageFiles([photo], loaded.preprocess, keep_original=False, reduced_decode=True)[0]
+    assert scales == [4] and reduced_item["geometry"] == full_item["geometry"]
+    difference = (reduced_item["tensor"].float() - full_item["tensor"].float()).abs()
+    assert 0 < difference.mean() < 1.0 and difference.max() < 20  # measured: 0.46 and 5 levels
+
+    def job(reduced: bool) -> dict:
+        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap", "raw"), reduced_decode=reduced)
+        run = {"batch_size": 1, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
+        summary = jobs.explain_files([photo], loaded, settings, tmp_path / f"out-{reduced}", **run)
+        return summary.items[0]
+
+    full, reduced = job(False), job(True)
+    assert scales == [4, 4]  # the job decoded at 1/4 too
+    assert reduced["geometry"] == full["geometry"] and reduced["size"] == [2048, 1536]
+    assert [p["index"] for p in reduced["predictions"][:3]] == [p["index"] for p in full["predictions"][:3]]
+    assert reduced["settings"]["reduced_decode"] is True and "reduced_decode" not in full["settings"]
+    heatmaps = [np.load(item["outputs"][0]["heatmap"]) for item in (full, reduced)]
+    assert heatmaps[0].shape == heatmaps[1].shape == (1536, 2048)
+    assert np.abs(heatmaps[0] - heatmaps[1]).max() < 0.05  # measured: 0.016
+
+
+def test_reduced_decoding_refuses_outputs_drawn_on_the_full_image() -> None:
+    with pytest.raises(ValueError, match="overlay or panel"):
+        jobs.ExplainSettings(outputs=("overlay", "raw"), reduced_decode=True)
+    with pytest.raises(ValueError, match="keep_original=False"):
+        ImageFiles([], CONFIG, keep_original=True, reduced_decode=True)

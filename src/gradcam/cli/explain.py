@@ -102,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: ~8x smaller, "
         "~10x faster to write)",
     )
+    parser.add_argument(
+        "--reduced-decode",
+        action="store_true",
+        help="decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) when the model input "
+        "needs no more: ~4x faster on 12-megapixel photos, inputs a few levels off a full decode; "
+        "only with --outputs heatmap,raw (nothing is drawn)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
@@ -121,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
     if not valid_outputs(outputs):
         return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
+    if args.reduced_decode and {"overlay", "panel"} & set(outputs):
+        return _fail(
+            f"--reduced-decode cannot be combined with overlay or panel outputs (they are drawn on the full-size "
+            f"image); got --outputs {','.join(outputs)}: choose from heatmap,raw"
+        )
     if not args.paths and not args.samples:
         return _fail("give image files, folders or globs (or --samples for the bundled photos)")
     try:
@@ -145,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         task=task,
         outputs=outputs,
         picture_format=args.picture_format,
+        reduced_decode=args.reduced_decode,
     )
     default_workers, default_writers = default_pipeline(device, len(paths))
     workers = default_workers if args.workers is None else args.workers

@@ -86,6 +86,68 @@ def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
         return image_pixels(_decode_with_pil(opened, path))
 
 
+def read_reduced_pixels(
+    path: str | os.PathLike[str], at_least: Callable[[tuple[int, int]], tuple[int, int]]
+) -> tuple[torch.Tensor, tuple[int, int], int]:
+    """``(pixels, original size, scale)``: a JPEG decoded at 1/``scale`` of its size by libjpeg's DCT
+    scaling (PIL's ``draft``), for the largest ``scale`` in 8, 4, 2 whose result is still at least
+    ``at_least(original size)`` (W, H) pixels; other files and those that cannot be reduced come from
+    :func:`read_pixels` at scale 1. Sizes are upright (EXIF orientation applied), as the pixels are.
+
+    Pixel ``i`` of the result covers the original's pixels ``[scale * i, scale * (i + 1))`` (the last
+    may cover fewer), so ``resized_crop(pixels, geometry, ..., scale)`` maps it exactly; for that, a
+    side that the orientation flips (where the short block would come first) is reduced only by a scale
+    that divides it. A 4032 x 3024
+    photo decodes in ~17 instead of ~57-82 ms (``benchmarks/decode_scale.py``); the values differ
+    from a full decode resized by a few levels: the scaled IDCT is a box filter, not the resize's.
+    """
+    path = Path(path)
+    data = _read_file(path)
+    with _read_errors(path):
+        opened = Image.open(io.BytesIO(data))
+        orientation = _known_orientation(opened)
+        if opened.format == "JPEG" and orientation is not None:
+            width, height = opened.size
+            transposed = orientation in (5, 6, 7, 8)
+            need_w, need_h = at_least((height, width) if transposed else (width, height))
+            if transposed:
+                need_w, need_h = need_h, need_w
+            flips_x, flips_y = _FLIPPED_SIDES[orientation]  # of the stored image
+            scale = next(
+                (
+                    s
+                    for s in (8, 4, 2)
+                    if width // s >= need_w and height // s >= need_h
+                    and not (flips_x and width % s) and not (flips_y and height % s)
+                ),
+                1,
+            )
+            if scale > 1:
+                opened.draft(opened.mode, (width // scale, height // scale))  # PIL then picks this scale
+                if opened.size == (-(-width // scale), -(-height // scale)):
+                    pixels = image_pixels(_decode_with_pil(opened, path))
+                    return pixels, ((height, width) if transposed else (width, height)), scale
+    pixels = read_pixels(path)  # not a reducible JPEG: decoded whole (a rare second read of the file)
+    return pixels, (int(pixels.shape[2]), int(pixels.shape[1])), 1
+
+
+# EXIF orientation -> whether it flips the stored image's (x, y) axes (2: mirror, 6: turn clockwise, ...)
+_FLIPPED_SIDES = {
+    1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
+    5: (False, False), 6: (False, True), 7: (True, True), 8: (True, False),
+}  # fmt: skip
+
+
+def _known_orientation(opened: Image.Image) -> int | None:
+    """The orientation (1-8) that PIL's ``exif_transpose`` will apply to ``opened`` (its ``getexif``
+    reads it from EXIF, else from XMP), or None for a broken EXIF block or an invalid value."""
+    try:
+        orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:
+        return None
+    return orientation if orientation in _FLIPPED_SIDES else None
+
+
 @functools.lru_cache(maxsize=1)
 def _jpeg_decoder() -> Callable[..., torch.Tensor] | None:
     """TorchCodec's ``decode_jpeg``, or None when it is not installed or does not load with this torch."""

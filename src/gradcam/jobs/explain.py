@@ -55,6 +55,7 @@ from ..imaging.io import (
     ImageReadError,
     can_sync_filesystem,
     read_pixels,
+    read_reduced_pixels,
     save_npy_atomic,
     save_png_atomic,
     sync_filesystem,
@@ -145,10 +146,16 @@ class ExplainSettings:
     task: TaskOptions = field(default_factory=TaskOptions)
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     picture_format: str = "png"
+    reduced_decode: bool = False  # JPEGs decoded at a DCT scale (ImageFiles); nothing drawn
 
     def __post_init__(self) -> None:
         if not valid_outputs(self.outputs):
             raise ValueError(f"outputs must be a non-empty subset of {', '.join(OUTPUT_KINDS)}; got {self.outputs}")
+        if self.reduced_decode and self.draws:
+            raise ValueError(
+                "reduced_decode cannot be combined with overlay or panel outputs, which are drawn on the full-size "
+                f"image; got outputs {','.join(self.outputs)} (heatmap and raw can be)"
+            )
         if self.picture_format not in PICTURE_FORMATS:
             raise ValueError(f"picture_format must be one of {', '.join(PICTURE_FORMATS)}; got {self.picture_format!r}")
 
@@ -173,6 +180,8 @@ class ExplainSettings:
             data.pop("outputs")
         if self.picture_format == "png":
             data.pop("picture_format")
+        if not self.reduced_decode:
+            data.pop("reduced_decode")
         return json.loads(json.dumps({"model": model_name, "layer": layer, **data}))
 
 
@@ -207,20 +216,40 @@ def crop_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> t
 
 class ImageFiles(Dataset):
     """Decodes and crops one file per item (:func:`crop_image`: uint8 pixels, normalised per batch by
-    :func:`normalize_pixels`); a bad file becomes an error record, not an exception."""
+    :func:`normalize_pixels`); a bad file becomes an error record, not an exception. With
+    ``reduced_decode``, JPEGs are decoded at the smallest DCT scale the model input allows
+    (:func:`gradcam.imaging.io.read_reduced_pixels`); nothing can then be drawn on the full image."""
 
-    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True) -> None:
+    def __init__(
+        self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True, reduced_decode: bool = False
+    ) -> None:
+        if reduced_decode and keep_original:
+            raise ValueError("reduced_decode keeps no original pixels to draw on: pass keep_original=False")
         self.paths = list(paths)
         self.config = config
         self.keep_original = keep_original  # the decoded pixels, for drawing
+        self.interpolation = config.pil_resample.name.lower()
+        self.reduced_decode = reduced_decode and self.interpolation in ("bilinear", "bicubic")
+
+    def _least_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """The fewest pixels the model input is resampled from: the resized frame."""
+        return self.config.geometry(original_size).resized_size
+
+    def _cropped(self, path: Path) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
+        """``(decoded pixels, model input's uint8 pixels, Geometry)`` of one file."""
+        if not self.reduced_decode:
+            pixels = read_pixels(path)  # (3, H, W), a view of an (H, W, 3) buffer
+            return pixels, *crop_image(pixels, self.config)
+        pixels, original_size, scale = read_reduced_pixels(path, self._least_size)
+        geometry = self.config.geometry(original_size)
+        return pixels, resized_crop(pixels, geometry, self.interpolation, scale), geometry
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels = read_pixels(self.paths[index])  # (3, H, W), a view of an (H, W, 3) buffer
-            tensor, geometry = crop_image(pixels, self.config)
+            pixels, tensor, geometry = self._cropped(self.paths[index])
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
         except (OSError, ValueError) as error:  # e.g. decompression-bomb limits, odd modes
@@ -981,7 +1010,7 @@ def explain_files(
         pending.append(path)
     shard = pending[rank::world]
 
-    files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
+    files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws, reduced_decode=settings.reduced_decode)
     loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
     bar = _progress(len(shard), progress and rank == 0)
     # (input, its batch's commit, its place in the batch, bytes of maps and pixels its writer task holds)
