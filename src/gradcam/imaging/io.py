@@ -76,14 +76,18 @@ def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
     path = Path(path)
     data = _read_file(path)
     with _read_errors(path):
-        opened = Image.open(io.BytesIO(data))
-        decode = _jpeg_decoder()
-        if decode is not None and _same_in_torchcodec(opened):
-            try:
-                return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
-            except Exception:  # e.g. a corrupt file: PIL decodes it, or says why it cannot
-                pass
-        return image_pixels(_decode_with_pil(opened, path))
+        return _decoded_pixels(data, Image.open(io.BytesIO(data)), path)
+
+
+def _decoded_pixels(data: bytes, opened: Image.Image, path: Path) -> torch.Tensor:
+    """:func:`read_pixels` of a file's ``data``, ``opened`` by PIL (header read, pixels not yet)."""
+    decode = _jpeg_decoder()
+    if decode is not None and _same_in_torchcodec(opened):
+        try:
+            return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
+        except Exception:  # e.g. a corrupt file: PIL decodes it, or says why it cannot
+            pass
+    return image_pixels(_decode_with_pil(opened, path))
 
 
 def read_reduced_pixels(
@@ -96,10 +100,10 @@ def read_reduced_pixels(
 
     Pixel ``i`` of the result covers the original's pixels ``[scale * i, scale * (i + 1))`` (the last
     may cover fewer), so ``resized_crop(pixels, geometry, ..., scale)`` maps it exactly; for that, a
-    side that the orientation flips (where the short block would come first) is reduced only by a scale
-    that divides it. A 4032 x 3024
-    photo decodes in ~17 instead of ~57-82 ms (``benchmarks/decode_scale.py``); the values differ
-    from a full decode resized by a few levels: the scaled IDCT is a box filter, not the resize's.
+    side that the orientation flips (where the short block would come first) is reduced only by a
+    scale that divides it. A 4032 x 3024 photo decodes in ~17 instead of ~57-82 ms
+    (``benchmarks/decode_scale.py``); the values differ from a full decode resized by a few levels:
+    the scaled IDCT is a box filter, not the resize's.
     """
     path = Path(path)
     data = _read_file(path)
@@ -127,7 +131,8 @@ def read_reduced_pixels(
                 if opened.size == (-(-width // scale), -(-height // scale)):
                     pixels = image_pixels(_decode_with_pil(opened, path))
                     return pixels, ((height, width) if transposed else (width, height)), scale
-    pixels = read_pixels(path)  # not a reducible JPEG: decoded whole (a rare second read of the file)
+                opened = Image.open(io.BytesIO(data))  # not the scale asked for: decoded whole
+        pixels = _decoded_pixels(data, opened, path)
     return pixels, (int(pixels.shape[2]), int(pixels.shape[1])), 1
 
 

@@ -218,7 +218,8 @@ class ImageFiles(Dataset):
     """Decodes and crops one file per item (:func:`crop_image`: uint8 pixels, normalised per batch by
     :func:`normalize_pixels`); a bad file becomes an error record, not an exception. With
     ``reduced_decode``, JPEGs are decoded at the smallest DCT scale the model input allows
-    (:func:`gradcam.imaging.io.read_reduced_pixels`); nothing can then be drawn on the full image."""
+    (:func:`gradcam.imaging.io.read_reduced_pixels`; models that resize by nearest neighbour get the
+    full decode); nothing can then be drawn on the full image."""
 
     def __init__(
         self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True, reduced_decode: bool = False
@@ -1039,9 +1040,10 @@ def explain_files(
 
     pool, writer_count = _writer_pool(writers), _writer_count(writers)
     commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
-    # On a CPU device the model's threads use every core, and a writer beside them costs them more than
-    # it saves (a core, and the GIL that every op of the model's forward takes): there a batch's writes
-    # finish before the next model step, while the next batch decodes.
+    # On a CPU device the model's threads use every core, and a writer beside them competes for a core
+    # and for the GIL that every op of the forward takes: there a batch's writes finish before the next
+    # model step, while the next batch decodes (benchmarks/folder_ab.py, 2 cores: neutral on Lite0,
+    # +2-6 % images/s on ResNet-50).
     writes_between_steps = device.type == "cpu"
     writing: list[Future] = []  # the writer tasks submitted since the last model step
     try:
