@@ -180,17 +180,39 @@ def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
     """No probe forward (the layer's reshape is read from the first batch): one forward per batch."""
     from gradcam.models import load_model
 
-    loaded = load_model()
     forwards: list[int] = []
-    handle = loaded.model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    summary = _raw_job_seen_by(load_model(), tmp_path, lambda module, args: forwards.append(args[0].shape[0]))
+    assert summary.done == 5
+    assert forwards == [2, 2, 1]
+
+
+def _raw_job_seen_by(loaded, tmp_path: Path, hook) -> jobs.JobSummary:
+    """A Grad-CAM job writing raw maps of 5 images in batches of 2 on the CPU, ``hook`` seeing each forward."""
+    handle = loaded.model.register_forward_pre_hook(hook)
     try:
         settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
         run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-        summary = jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
+        return jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
     finally:
         handle.remove()
-    assert summary.done == 5
-    assert forwards == [2, 2, 1]
+
+
+def _watched_pool(on_submit):
+    """A stand-in for ``jobs._writer_pool`` that calls ``on_submit(items)`` for each writer task."""
+    real_pool = jobs._writer_pool
+
+    class Pool:
+        def __init__(self, writers):
+            self.pool = real_pool(writers)
+
+        def submit(self, function, items):  # a writer task: a share of one batch's items
+            on_submit(items)
+            return self.pool.submit(function, items)
+
+        def shutdown(self, wait=True):
+            self.pool.shutdown(wait=wait)
+
+    return Pool
 
 
 def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: Path, monkeypatch) -> None:
@@ -200,7 +222,6 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
 
     from gradcam.models import load_model
 
-    loaded = load_model()
     written: list[int] = []
     handed: list[int] = []
     at_forwards: list[tuple[int, int]] = []  # (items handed to the writers, items written) at each forward
@@ -212,28 +233,9 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
         written.append(len(items))
         return records
 
-    real_pool = jobs._writer_pool
-
-    class Pool:
-        def __init__(self, writers):
-            self.pool = real_pool(writers)
-
-        def submit(self, function, items):
-            handed.append(len(items))
-            return self.pool.submit(function, items)
-
-        def shutdown(self, wait=True):
-            self.pool.shutdown(wait=wait)
-
     monkeypatch.setattr(jobs, "_write_items", slow_write_items)
-    monkeypatch.setattr(jobs, "_writer_pool", Pool)
-    handle = loaded.model.register_forward_pre_hook(lambda *_: at_forwards.append((sum(handed), sum(written))))
-    try:
-        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
-        run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-        summary = jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
-    finally:
-        handle.remove()
+    monkeypatch.setattr(jobs, "_writer_pool", _watched_pool(lambda items: handed.append(len(items))))
+    summary = _raw_job_seen_by(load_model(), tmp_path, lambda *_: at_forwards.append((sum(handed), sum(written))))
     assert summary.done == 5 and sum(written) == 5
     assert at_forwards == [(0, 0), (2, 2), (4, 4)]
 
@@ -266,29 +268,20 @@ def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tm
     loaded = load_model()
     settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-    real_pool = jobs._writer_pool
 
     def counted(budget: int, out: Path) -> tuple[jobs.JobSummary, int]:
         """The job, and the most items handed to the writers and not yet taken back by the job."""
         backlog = {"now": 0, "max": 0}
 
-        class Pool:
-            def __init__(self, writers):
-                self.pool = real_pool(writers)
-
-            def submit(self, function, items):  # a writer task: a share of one batch's items
-                backlog["now"] += len(items)
-                backlog["max"] = max(backlog["max"], backlog["now"])
-                return self.pool.submit(function, items)
-
-            def shutdown(self, wait=True):
-                self.pool.shutdown(wait=wait)
+        def handed(items) -> None:
+            backlog["now"] += len(items)
+            backlog["max"] = max(backlog["max"], backlog["now"])
 
         def taken_back(line: str, is_error: bool) -> None:  # the job reports each item it takes back
             backlog["now"] -= 1
 
         monkeypatch.setattr(jobs, "IN_FLIGHT_BYTES", budget)
-        monkeypatch.setattr(jobs, "_writer_pool", Pool)
+        monkeypatch.setattr(jobs, "_writer_pool", _watched_pool(handed))
         return jobs.explain_files(paths, loaded, settings, out, report=taken_back, **run), backlog["max"]
 
     free, free_backlog = counted(1 << 30, tmp_path / "free")
