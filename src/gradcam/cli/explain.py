@@ -20,6 +20,7 @@ from ..jobs.explain import (
     CLASS_TASKS,
     DEFAULT_OUTPUTS,
     DEFAULT_TASK,
+    DRAWN_OUTPUTS,
     JPEG_QUALITY,
     OUTPUT_KINDS,
     PICTURE_FORMATS,
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
     if not valid_outputs(outputs):
         return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
-    if args.reduced_decode and {"overlay", "panel"} & set(outputs):
+    if args.reduced_decode and DRAWN_OUTPUTS & set(outputs):
         return _fail(
             f"--reduced-decode cannot be combined with overlay or panel outputs (they are drawn on the full-size "
             f"image); got --outputs {','.join(outputs)}: choose from heatmap,raw"

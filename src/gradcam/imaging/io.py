@@ -173,13 +173,10 @@ def _same_in_torchcodec(opened: Image.Image) -> bool:
     does not; CMYK goes through PIL's own conversion)."""
     if opened.format != "JPEG" or opened.mode not in ("RGB", "L"):
         return False
-    try:
-        orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # a broken EXIF block: PIL's path warns and decodes
+    orientation = _known_orientation(opened)  # None for a broken EXIF block: PIL's path warns and decodes
+    if orientation is None:
         return False
-    if orientation == 1:
-        return True
-    return orientation in range(2, 9) and not any(key in opened.info for key in _XMP_KEYS)
+    return orientation == 1 or not any(key in opened.info for key in _XMP_KEYS)
 
 
 def _read_file(path: Path) -> bytes:

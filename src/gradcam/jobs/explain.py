@@ -119,6 +119,8 @@ class TaskOptions:
 #: on original pixels), the panel picture, the raw map ``_raw.npy`` (:attr:`Explanation.raw`, float32
 #: at the layer's resolution for class-activation methods, the input gradient for gradient methods).
 OUTPUT_KINDS = ("overlay", "heatmap", "panel", "raw")
+#: The outputs drawn on the original image (so they need its full-size pixels).
+DRAWN_OUTPUTS = frozenset({"overlay", "panel"})
 #: What is written when no outputs are named.
 DEFAULT_OUTPUTS = ("overlay", "heatmap", "panel")
 #: How overlays and panels are stored: PNG (lossless, the default) or JPEG at quality 95 (about 8 x
@@ -162,7 +164,7 @@ class ExplainSettings:
     @property
     def draws(self) -> bool:
         """Whether any output is a picture (overlay or panel), so the original image is needed."""
-        return bool({"overlay", "panel"} & set(self.outputs))
+        return bool(DRAWN_OUTPUTS & set(self.outputs))
 
     @property
     def on_original_pixels(self) -> bool:
@@ -205,13 +207,21 @@ def prepare_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -
     return normalize_pixels(pixels, config), geometry
 
 
-def crop_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
+def crop_image(
+    image: Image.Image | torch.Tensor,
+    config: PreprocessConfig,
+    original_size: tuple[int, int] | None = None,
+    scale: int = 1,
+) -> tuple[torch.Tensor, Geometry]:
     """The model input's uint8 (3, h, w) pixels for one image, before normalisation, and its Geometry:
     the job decodes and crops in its decoding workers and normalises whole batches on the device, so
-    a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes."""
+    a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes.
+    ``original_size`` and ``scale``: the image was decoded at 1/``scale`` of that size
+    (:func:`gradcam.imaging.io.read_reduced_pixels`); the Geometry is the full image's."""
     pixels = image_pixels(image)
-    geometry = config.geometry((int(pixels.shape[2]), int(pixels.shape[1])))  # whole-image configs: no crop
-    return resized_crop(pixels, geometry, config.pil_resample.name.lower()), geometry
+    size = original_size or (int(pixels.shape[2]), int(pixels.shape[1]))
+    geometry = config.geometry(size)  # whole-image configs: no crop
+    return resized_crop(pixels, geometry, config.pil_resample.name.lower(), scale), geometry
 
 
 class ImageFiles(Dataset):
@@ -229,8 +239,7 @@ class ImageFiles(Dataset):
         self.paths = list(paths)
         self.config = config
         self.keep_original = keep_original  # the decoded pixels, for drawing
-        self.interpolation = config.pil_resample.name.lower()
-        self.reduced_decode = reduced_decode and self.interpolation in ("bilinear", "bicubic")
+        self.reduced_decode = reduced_decode and config.pil_resample.name.lower() in ("bilinear", "bicubic")
 
     def _least_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """The fewest pixels the model input is resampled from: the resized frame."""
@@ -242,8 +251,7 @@ class ImageFiles(Dataset):
             pixels = read_pixels(path)  # (3, H, W), a view of an (H, W, 3) buffer
             return pixels, *crop_image(pixels, self.config)
         pixels, original_size, scale = read_reduced_pixels(path, self._least_size)
-        geometry = self.config.geometry(original_size)
-        return pixels, resized_crop(pixels, geometry, self.interpolation, scale), geometry
+        return pixels, *crop_image(pixels, self.config, original_size, scale)
 
     def __len__(self) -> int:
         return len(self.paths)
