@@ -2,6 +2,7 @@
 
     python benchmarks/folder_ab.py --pairs 24 --outputs "raw;heatmap"           # writes between steps or beside
     python benchmarks/folder_ab.py --pairs 24 --outputs "heatmap" --b "+pil"     # TorchCodec against PIL
+    python benchmarks/folder_ab.py --pairs 10 --outputs "heatmap" --b "+buffered"  # O_DIRECT or the page cache
 
 On a shared machine whose speed drifts by +-20 % over minutes, the ratio of two jobs run back to back
 is steadier than either job's ratio to a forward timed at another moment. Each pair runs the two

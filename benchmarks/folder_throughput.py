@@ -16,8 +16,14 @@ overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .np
 each ``;``-separated choice of ``--outputs`` is a row. A row with ``+pil`` decodes every JPEG with PIL
 instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run; one with
 ``+beside`` lets a CPU job's writers run beside the model instead of between model steps (as the job
-did before 2026-12-02), to compare the two in one run; one with ``+reduced`` decodes JPEGs at a DCT
-scale (``--reduced-decode``; not with drawn outputs).
+did before 2026-12-02), to compare the two in one run; one with ``+buffered`` writes every file through
+the page cache (large files go past it, with O_DIRECT, since the fourth 2026-12-02 session); one with
+``+reduced`` decodes JPEGs at a DCT scale (``--reduced-decode``; not with drawn outputs).
+
+Each row also gives its CPU time per image (this process's threads and its ended worker processes,
+user and system) and how many cores were busy on average; "forward's CPU / row's CPU" is the ratio a
+row would reach if it kept every core busy all the time: where the cores are already busy, only less
+work per image raises images/s.
 
 ``--phases`` also prints, per row, how each job's time splits between waiting for decoded batches, the
 explanation calls and the rest (setup, hand-off to the writers, the last writes, the manifest).
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -96,8 +103,8 @@ def main() -> None:
         "--outputs",
         default="all;all:jpg;heatmap",
         help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels, "
-        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU, '+reduced' for "
-        "--reduced-decode",
+        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU, '+buffered' for "
+        "writes through the page cache (no O_DIRECT), '+reduced' for --reduced-decode",
     )
     parser.add_argument("--photo-size", default="640x480", help="the JPEGs' WIDTHxHEIGHT")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
@@ -110,6 +117,8 @@ def main() -> None:
     writers = default_writers if args.writers is None else args.writers
     choices = args.outputs.split(";")
     floors: list[float] = []
+    floor_cpu: list[float] = []  # CPU ms per image of the forward
+    cpu: dict[str, list[float]] = {c: [] for c in choices}  # CPU ms per image of each row's job
     rates: dict[str, list[float]] = {c: [] for c in choices}
     ratios: dict[str, list[float]] = {c: [] for c in choices}
     phases: dict[str, list[dict[str, float]]] = {c: [] for c in choices}
@@ -129,11 +138,15 @@ def main() -> None:
         for r in range(args.rounds):
             batches = max(2, args.images // args.batch)
             for choice in choices:
+                spent = cpu_seconds()
                 floor = forward_throughput(loaded.model, args.batch, size, device, batches=batches)
+                floor_cpu.append((cpu_seconds() - spent) / (batches * args.batch) * 1e3)
                 floors.append(floor)
                 settings = _settings(args.method, choice)
                 with _decoder(choice), _writes(choice), _phase_clock(args.phases) as clock:
+                    spent = cpu_seconds()
                     summary = explain_files(paths, loaded, settings, Path(tmp) / f"out-{r}-{choice}", **run)
+                    cpu[choice].append((cpu_seconds() - spent) / summary.done * 1e3)
                 clock["rest"] = summary.seconds - clock["decoding"] - clock["explaining"]
                 phases[choice].append({k: v / summary.done * 1e3 for k, v in clock.items()})
                 rates[choice].append(summary.done / summary.seconds)
@@ -141,20 +154,31 @@ def main() -> None:
     print(f"device {device}, model {loaded.name}, batch {args.batch}, workers {workers}, writers {writers}, "
           f"torch threads {torch.get_num_threads()}, {args.images} JPEGs ({args.photo_size}), "
           f"{args.rounds} rounds")  # fmt: skip
-    print("| what | images/s | ratio to forward (median of per-round ratios; min-max) |")
-    print("|---|---|---|")
-    print(f"| inference forward on ready tensors | {statistics.median(floors):.1f} | 1.00 |")
+    print("| what | images/s | ratio to forward (median of per-round ratios; min-max) | CPU ms / image "
+          "| cores busy | forward's CPU / row's CPU |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    forward_cpu = statistics.median(floor_cpu)
+    print(f"| inference forward on ready tensors | {statistics.median(floors):.1f} | 1.00 | {forward_cpu:.2f} "
+          f"| {statistics.median(c * f / 1e3 for c, f in zip(floor_cpu, floors)):.2f} | 1.00 |")  # fmt: skip
     for choice in choices:
         what = f"gradcam explain DIR ({args.method}, outputs: {choice})"
         low, high = min(ratios[choice]), max(ratios[choice])
+        row_cpu = statistics.median(cpu[choice])
+        busy = statistics.median(c * f / 1e3 for c, f in zip(cpu[choice], rates[choice]))
         print(f"| {what} | {statistics.median(rates[choice]):.1f} | {statistics.median(ratios[choice]):.2f} "
-              f"({low:.2f}-{high:.2f}) |")  # fmt: skip
+              f"({low:.2f}-{high:.2f}) | {row_cpu:.2f} | {busy:.2f} | {forward_cpu / row_cpu:.2f} |")  # fmt: skip
     if args.phases:
         print("\n| row | ms / image: waiting for decoded batches | explanation calls | the rest (medians) |")
         print("|---|---|---|---|")
         for choice in choices:
             median = {k: statistics.median(p[k] for p in phases[choice]) for k in ("decoding", "explaining", "rest")}
             print(f"| {choice} | {median['decoding']:.2f} | {median['explaining']:.2f} | {median['rest']:.2f} |")
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process's threads and of its ended child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def timing_model(name: str, folder: Path) -> LoadedModel:
@@ -218,17 +242,19 @@ def _phase_clock(enabled: bool) -> Iterator[dict[str, float]]:
 
 @contextlib.contextmanager
 def _writes(choice: str) -> Iterator[None]:
-    """A CPU job's writers run beside the model inside when ``choice`` has ``+beside``: the job no longer
-    waits for a batch's writes before the next model step."""
-    if "beside" not in _flags(choice):
-        yield
-        return
-    own = jobs.wait
-    jobs.wait = lambda futures: None
+    """The job's writes as they were before two changes, for A/B runs: with ``+beside`` a CPU job's
+    writers run beside the model (the job no longer waits for a batch's writes before the next model
+    step); with ``+buffered`` large files go through the page cache (no O_DIRECT)."""
+    flags = _flags(choice)
+    own_wait, own_direct = jobs.wait, image_io.DIRECT_WRITE_BYTES
+    if "beside" in flags:
+        jobs.wait = lambda futures: None
+    if "buffered" in flags:
+        image_io.DIRECT_WRITE_BYTES = 1 << 62
     try:
         yield
     finally:
-        jobs.wait = own
+        jobs.wait, image_io.DIRECT_WRITE_BYTES = own_wait, own_direct
 
 
 def _flags(choice: str) -> set[str]:

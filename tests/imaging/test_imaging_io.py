@@ -529,3 +529,125 @@ def test_reduced_decoding_names_a_bad_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageReadError, match="broken.jpg"):
         image_io.read_reduced_pixels(path, lambda size: (10, 10))
+
+
+_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _np_save_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _direct_opens(monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None) -> list[str]:
+    """Record the paths opened with O_DIRECT (refusing each with ``fail_with``, an errno, if given)."""
+    opened: list[str] = []
+    real_open = os.open
+
+    def spying_open(path, flags, *args, **kwargs):
+        if flags & _DIRECT:
+            opened.append(str(path))
+            if fail_with is not None:
+                raise OSError(fail_with, os.strerror(fail_with))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spying_open)
+    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
+    return opened
+
+
+@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
+def test_large_files_are_written_past_the_page_cache_byte_for_byte(tmp_path: Path, monkeypatch) -> None:
+    opened = _direct_opens(monkeypatch)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "heatmap.npy": rng.random((480, 640), dtype=np.float32),  # 1.2 MB: not a multiple of 4096 with its header
+        "fortran.npy": np.asfortranarray(rng.random((300, 301))),  # written C-ordered, as np.load gives it back
+        "strided.npy": rng.random((3, 480, 640)).astype(np.float16)[:, ::2],
+        "small.npy": rng.random((7, 7), dtype=np.float32),  # under DIRECT_WRITE_BYTES: buffered
+    }
+    for name, array in arrays.items():
+        path = save_npy_atomic(tmp_path / name, array, durable=False)
+        assert path.read_bytes() == _np_save_bytes(array)
+        np.testing.assert_array_equal(np.load(path), array)
+    data = rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()
+    write_bytes_atomic(tmp_path / "overlay.png", data)  # durable: fsynced after the direct write
+    assert (tmp_path / "overlay.png").read_bytes() == data
+    if image_io._DIRECT_REFUSED:
+        pytest.skip("this file system refuses O_DIRECT: the buffered fallback wrote the files")
+    written = sorted(Path(p).name.split(".")[1] for p in opened)  # temp files are .NAME.XXXX.tmp
+    assert written == ["fortran", "heatmap", "overlay", "strided"]
+    assert _leftovers(tmp_path) == []
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(image_io._FILE_MODE)}
+
+
+@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
+def test_a_reused_larger_buffer_leaves_no_stale_bytes(tmp_path: Path, monkeypatch) -> None:
+    _direct_opens(monkeypatch)
+    big = np.full((1000, 1000), 7.0, dtype=np.float32)
+    small = np.arange(70_000, dtype=np.int32)
+    save_npy_atomic(tmp_path / "big.npy", big, durable=False)
+    kept = image_io._direct_buffers.buffer
+    save_npy_atomic(tmp_path / "small.npy", small, durable=False)  # the same thread's 4 MB buffer, reused
+    assert (tmp_path / "small.npy").read_bytes() == _np_save_bytes(small)
+    huge = np.random.default_rng(3).random((2300, 2000), dtype=np.float32)  # 18 MB: a buffer for this file only
+    save_npy_atomic(tmp_path / "huge.npy", huge, durable=False)
+    assert (tmp_path / "huge.npy").read_bytes() == _np_save_bytes(huge)
+    assert image_io._direct_buffers.buffer is kept and len(kept) >= big.nbytes  # still the 4 MB buffer
+
+
+@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
+def test_a_file_system_that_refuses_o_direct_gets_buffered_writes(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    opened = _direct_opens(monkeypatch, fail_with=errno.EINVAL)
+    array = np.random.default_rng(1).random((480, 640), dtype=np.float32)
+    for name in ("a.npy", "b.npy"):
+        save_npy_atomic(tmp_path / name, array, durable=False)
+        assert (tmp_path / name).read_bytes() == _np_save_bytes(array)
+    assert len(opened) == 1  # refused once: that file system is not asked again
+    assert {tmp_path.stat().st_dev} == image_io._DIRECT_REFUSED
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
+def test_a_direct_write_refused_midway_is_redone_buffered_and_other_errors_raise(tmp_path, monkeypatch) -> None:
+    import errno
+
+    _direct_opens(monkeypatch)
+    real_write = os.write
+    direct_descriptors: set[int] = set()
+    real_open = os.open
+
+    def opening(path, flags, *args, **kwargs):
+        descriptor = real_open(path, flags, *args, **kwargs)
+        if flags & _DIRECT:
+            direct_descriptors.add(descriptor)
+        return descriptor
+
+    failure = {"errno": errno.EINVAL}
+
+    def writing(descriptor, data):
+        if descriptor in direct_descriptors:
+            direct_descriptors.discard(descriptor)  # one block goes through, then the write fails
+            real_write(descriptor, data[:4096])
+            raise OSError(failure["errno"], os.strerror(failure["errno"]))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "write", writing)
+    array = np.random.default_rng(2).random((480, 640), dtype=np.float32)
+    save_npy_atomic(tmp_path / "redone.npy", array, durable=False)
+    assert (tmp_path / "redone.npy").read_bytes() == _np_save_bytes(array)
+
+    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
+    failure["errno"] = errno.ENOSPC
+    save_npy_atomic(tmp_path / "kept.npy", array[:10], durable=False)  # small: buffered, succeeds
+    with pytest.raises(OSError) as raised:
+        save_npy_atomic(tmp_path / "full.npy", array, durable=False)
+    assert raised.value.errno == errno.ENOSPC  # a full disk is the job's error to report, not a fallback
+    assert not (tmp_path / "full.npy").exists()
+    assert _leftovers(tmp_path) == []
