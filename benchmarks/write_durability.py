@@ -5,7 +5,10 @@
 Each row writes ``--batches`` batches of ``--batch`` .npy files the way the job's writers do (atomic:
 temp file, rename), as a raw map (7 x 7 float32, 324 bytes) or a heatmap (480 x 640 float32, 1.2 MB),
 and makes them durable either with an fsync per file or with one ``sync_filesystem`` (Linux's
-``syncfs(2)``) per batch; the last row of each size writes them without either, the floor. The table
+``syncfs(2)``) per batch; the last row of each size writes them without either, the floor. The
+heatmaps, like every file of 256 KiB and more, are written past the page cache with O_DIRECT since the
+fourth 2026-12-02 session (``gradcam.imaging.io.DIRECT_WRITE_BYTES``), so their rows now include the
+wait for the disk that a buffered write leaves to the sync. The table
 gives the CPU time (this process, kernel included) and the wall time per file, medians over rounds
 (interleaved: every row once per round).
 """
