@@ -542,6 +542,17 @@ def _np_save_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _skip_without_o_direct(folder: Path) -> None:
+    """Skip where ``folder``'s file system refuses O_DIRECT (the buffered fallback is tested on its own)."""
+    probe = folder / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | _DIRECT, 0o666))
+    except OSError:
+        pytest.skip(f"the file system of {folder} refuses O_DIRECT")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def _direct_opens(monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None) -> list[str]:
     """Record the paths opened with O_DIRECT (refusing each with ``fail_with``, an errno, if given)."""
     opened: list[str] = []
@@ -561,6 +572,7 @@ def _direct_opens(monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None)
 
 @pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
 def test_large_files_are_written_past_the_page_cache_byte_for_byte(tmp_path: Path, monkeypatch) -> None:
+    _skip_without_o_direct(tmp_path)
     opened = _direct_opens(monkeypatch)
     rng = np.random.default_rng(0)
     arrays = {
@@ -576,12 +588,23 @@ def test_large_files_are_written_past_the_page_cache_byte_for_byte(tmp_path: Pat
     data = rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()
     write_bytes_atomic(tmp_path / "overlay.png", data)  # durable: fsynced after the direct write
     assert (tmp_path / "overlay.png").read_bytes() == data
-    if image_io._DIRECT_REFUSED:
-        pytest.skip("this file system refuses O_DIRECT: the buffered fallback wrote the files")
+    assert not image_io._DIRECT_REFUSED
     written = sorted(Path(p).name.split(".")[1] for p in opened)  # temp files are .NAME.XXXX.tmp
     assert written == ["fortran", "heatmap", "overlay", "strided"]
     assert _leftovers(tmp_path) == []
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(image_io._FILE_MODE)}
+
+
+@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
+def test_direct_writes_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = _direct_opens(monkeypatch)
+    array = np.random.default_rng(4).random((480, 640), dtype=np.float32)
+    monkeypatch.setenv("GRADCAM_DIRECT_WRITES", "0")
+    save_npy_atomic(tmp_path / "off.npy", array, durable=False)
+    monkeypatch.setenv("GRADCAM_DIRECT_WRITES", "1")
+    save_npy_atomic(tmp_path / "on.npy", array, durable=False)
+    assert [Path(p).name.split(".")[1] for p in opened] == ["on"]
+    assert (tmp_path / "off.npy").read_bytes() == (tmp_path / "on.npy").read_bytes() == _np_save_bytes(array)
 
 
 @pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
@@ -617,6 +640,7 @@ def test_a_file_system_that_refuses_o_direct_gets_buffered_writes(tmp_path: Path
 def test_a_direct_write_refused_midway_is_redone_buffered_and_other_errors_raise(tmp_path, monkeypatch) -> None:
     import errno
 
+    _skip_without_o_direct(tmp_path)
     _direct_opens(monkeypatch)
     real_write = os.write
     direct_descriptors: set[int] = set()

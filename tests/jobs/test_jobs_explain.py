@@ -315,13 +315,18 @@ def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerat
 
 
 @pytest.mark.parametrize("writers", [0, 2])
-def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(tmp_path: Path, writers: int) -> None:
+def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(
+    tmp_path: Path, writers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``raw`` writes Explanation.raw (7 x 7 Grad-CAM before upsampling, unnormalised); with the geometry
-    in item.json, heatmap_from_raw gives the heatmap .npy the job writes (writer threads or processes)."""
+    in item.json, heatmap_from_raw gives the heatmap .npy the job writes (writer threads or processes,
+    each heatmap past the page cache: the forked writers inherit the lowered threshold)."""
+    from gradcam.imaging import io as image_io
     from gradcam.imaging.geometry import Geometry, preprocess
     from gradcam.methods import create_explainer
     from gradcam.models import load_model
 
+    monkeypatch.setattr(image_io, "DIRECT_WRITE_BYTES", 1024)  # these heatmaps are 10-12 kB
     paths = _folder(tmp_path)[:3]  # three sizes: landscape, portrait, landscape
     loaded = load_model()
     methods = ("gradcam", "counterfactual", "guided-backprop")
