@@ -641,10 +641,9 @@ def test_a_direct_write_refused_midway_is_redone_buffered_and_other_errors_raise
     import errno
 
     _skip_without_o_direct(tmp_path)
-    _direct_opens(monkeypatch)
-    real_write = os.write
+    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
+    real_write, real_open = os.write, os.open
     direct_descriptors: set[int] = set()
-    real_open = os.open
 
     def opening(path, flags, *args, **kwargs):
         descriptor = real_open(path, flags, *args, **kwargs)

@@ -438,18 +438,19 @@ def _write_past_page_cache(file: IO[bytes], chunks: Sequence[bytes | memoryview]
     1.4-2.5 ms of wall time waiting for the disk (docs/benchmarks.md)."""
     size = sum(len(chunk) for chunk in chunks)
     direct = getattr(os, "O_DIRECT", 0) if os.environ.get("GRADCAM_DIRECT_WRITES", "1") != "0" else 0
-    if not direct or size < DIRECT_WRITE_BYTES or os.fstat(file.fileno()).st_dev in _DIRECT_REFUSED:
+    device = os.fstat(file.fileno()).st_dev if direct and size >= DIRECT_WRITE_BYTES else None
+    if device is None or device in _DIRECT_REFUSED:
         for chunk in chunks:
             file.write(chunk)
         return
     padded = -(-size // _DIRECT_ALIGNMENT) * _DIRECT_ALIGNMENT
-    buffer = getattr(_direct_buffers, "buffer", None)
-    if buffer is None or len(buffer) < padded:
+    kept = buffer = getattr(_direct_buffers, "buffer", None)
+    if kept is None or len(kept) < padded:
         # private: a forked writer process gets its own copy, not a buffer shared with this one
         buffer = mmap.mmap(-1, padded, flags=mmap.MAP_PRIVATE)
         if padded <= _KEPT_BUFFER_BYTES:
-            if getattr(_direct_buffers, "buffer", None) is not None:
-                _direct_buffers.buffer.close()
+            if kept is not None:
+                kept.close()
             _direct_buffers.buffer = buffer
     with memoryview(buffer) as view:
         offset = 0
@@ -469,7 +470,7 @@ def _write_past_page_cache(file: IO[bytes], chunks: Sequence[bytes | memoryview]
         except OSError as error:
             if error.errno != errno.EINVAL:
                 raise
-            _DIRECT_REFUSED.add(os.fstat(file.fileno()).st_dev)
+            _DIRECT_REFUSED.add(device)
         file.write(view[:size])  # over whatever the refused writes left
         file.truncate()
 
