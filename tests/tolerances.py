@@ -1,0 +1,127 @@
+"""Tolerances that follow from the computation, not from one machine's kernels.
+
+Different kernels (``ATEN_CPU_CAPABILITY`` default / avx2 / avx512, 1 or 2 threads, blocked BLAS,
+cuDNN) add the same terms in different orders. Every order of a sum of ``n`` floating-point terms
+satisfies (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 4.4)
+
+    |fl(s) - s| <= gamma_{n-1} * sum_i |x_i|,    gamma_m = m * u / (1 - m * u),
+
+with ``u`` the unit roundoff (half the machine epsilon: 2**-24 for float32, 2**-53 for float64). Two
+computations of the same sum in different orders therefore differ by at most ``2 * gamma_{n-1} *
+sum |x_i|``. A chain of ``depth`` such sums (a convolution, then a linear head, ...) adds the bounds
+of each step to first order; elementwise correctly rounded operations add ``u`` each.
+
+How the tests use this:
+- an exact identity (Grad-CAM == CAM / Z, a hand-worked map) is checked in float64 where the test can
+  afford it, with :func:`sum_atol` in float64 (about 1e-13 for small sums): any real error shows;
+- a float32 comparison between two implementations (ours against Captum / pytorch-grad-cam /
+  TorchCAM / an independent autograd computation) uses :func:`sum_atol` with the number of terms of
+  the longest accumulation and the magnitude of the summed terms;
+- derived statistics (ratios, AUCs, energies, correlations) are compared *relatively*
+  (:func:`ratio_rtol`), never with an absolute bound tuned to one value's size;
+- a min-max normalised map's error is the raw map's error divided by its span (:func:`normalized_atol`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+__all__ = [
+    "assert_close",
+    "assert_sum_close",
+    "gamma",
+    "normalized_atol",
+    "ratio_rtol",
+    "relative",
+    "sum_atol",
+    "unit_roundoff",
+]
+
+
+def unit_roundoff(dtype: torch.dtype = torch.float32) -> float:
+    """``u``: the largest relative error of one correctly rounded operation (eps / 2)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def gamma(n: int, dtype: torch.dtype = torch.float32) -> float:
+    """``gamma_n = n u / (1 - n u)``: the relative error bound of ``n`` chained roundings."""
+    nu = max(int(n), 1) * unit_roundoff(dtype)
+    if nu >= 1:
+        raise ValueError(f"gamma_{n} is unbounded in {dtype}: the sum is too long for any a-priori bound")
+    return nu / (1 - nu)
+
+
+def sum_atol(n: int, magnitude: float, dtype: torch.dtype = torch.float32, depth: int = 1) -> float:
+    """Largest difference between two summation orders of ``n`` terms whose absolute values add to
+    ``magnitude``, for ``depth`` chained accumulations: ``2 * depth * gamma_n * magnitude``.
+
+    A tiny floor (a few ulps of the magnitude's scale) covers the final rounding of an exact result.
+    """
+    magnitude = float(abs(magnitude))
+    floor = 4 * unit_roundoff(dtype) * max(magnitude, torch.finfo(dtype).tiny)
+    return 2 * depth * gamma(n, dtype) * magnitude + floor
+
+
+def ratio_rtol(*rtols: float) -> float:
+    """Relative error of a product or quotient of quantities with relative errors ``rtols``:
+    ``prod(1 + r) - 1`` (a ratio a / b with errors r_a, r_b is within r_a + r_b + r_a r_b)."""
+    return math.prod(1 + r for r in rtols) - 1
+
+
+def normalized_atol(raw_atol: float, span: float) -> float:
+    """Error of ``(m - min) / (max - min)`` when every entry of ``m`` is within ``raw_atol``.
+
+    The numerator moves by at most ``2 raw_atol`` and the span by ``2 raw_atol``; for a value in [0, 1]
+    the result moves by at most ``4 raw_atol / (span - 2 raw_atol)``.
+    """
+    if span <= 2 * raw_atol:
+        raise ValueError(f"the map's span {span} is within its own error {raw_atol}: compare the raw maps instead")
+    return 4 * raw_atol / (span - 2 * raw_atol)
+
+
+def relative(rtol: float) -> dict[str, float]:
+    """Keyword arguments for ``torch.testing.assert_close`` / ``pytest.approx``-style relative checks."""
+    return {"rtol": rtol, "atol": 0.0}
+
+
+def _magnitude(expected: Any) -> float:
+    if isinstance(expected, torch.Tensor):
+        return float(expected.detach().abs().max()) if expected.numel() else 0.0
+    return float(abs(expected))
+
+
+def assert_close(
+    actual: Any,
+    expected: Any,
+    *,
+    terms: int,
+    magnitude: float | None = None,
+    dtype: torch.dtype | None = None,
+    depth: int = 1,
+    msg: str | None = None,
+) -> None:
+    """``actual == expected`` up to :func:`sum_atol` for sums of ``terms`` terms of total absolute size
+    ``magnitude`` (default: the largest ``|expected|``; pass the sum of |terms| when signs cancel).
+
+    ``dtype`` defaults to the less precise of the two tensors' dtypes (float32 for Python numbers).
+    """
+    if dtype is None:
+        dtypes = [t.dtype for t in (actual, expected) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        dtype = max(dtypes, key=lambda d: torch.finfo(d).eps) if dtypes else torch.float32
+    scale = _magnitude(expected) if magnitude is None else magnitude
+    atol = sum_atol(terms, scale, dtype, depth)
+    if isinstance(actual, torch.Tensor) or isinstance(expected, torch.Tensor):
+        actual_t = torch.as_tensor(actual)
+        expected_t = torch.as_tensor(expected, dtype=actual_t.dtype, device=actual_t.device)
+        torch.testing.assert_close(actual_t, expected_t, rtol=0.0, atol=atol, msg=msg)
+    else:
+        assert actual == pytest.approx(expected, rel=0.0, abs=atol), msg
+
+
+def assert_sum_close(actual: Any, expected: Any, *, terms: int, magnitude: float, depth: int = 1) -> None:
+    """:func:`assert_close` with the magnitude of the summed terms given explicitly."""
+    assert_close(actual, expected, terms=terms, magnitude=magnitude, depth=depth)
