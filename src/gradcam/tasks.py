@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import model_guard
+from .capture import forward_hook, model_guard
 from .errors import TargetError
 from .targets import OutputSelector, select_output
 
@@ -574,11 +574,8 @@ class DetectorAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         seen: list[Any] = []
-        handle = self.detector.transform.register_forward_hook(lambda module, inputs, out: seen.append(out[0]))
-        try:
+        with forward_hook(self.detector.transform, lambda module, inputs, out: seen.append(out[0])):
             detections = self.detector(list(x.unbind(0)))
-        finally:
-            handle.remove()
         if seen:
             images = seen[-1]
             padded = images.tensors.shape[-2:]

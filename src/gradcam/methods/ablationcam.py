@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capture import forward_hook
 from ..errors import InputError, LayerError, MethodError, TargetError
 from ..targets import OutputSelector, ResolvedTarget, Target
 from ._rescoring import Rescorer, make_rescorer
@@ -36,11 +37,8 @@ def ablate_channels(layer: nn.Module, name: str, channels: torch.Tensor, value: 
         rows[torch.arange(wanted.shape[0], device=rows.device)[keep], wanted[keep]] = value
         return rows
 
-    handle = layer.register_forward_hook(hook)
-    try:
+    with forward_hook(layer, hook):
         yield calls
-    finally:
-        handle.remove()
     if calls[0] > 1:
         raise MethodError(
             f"layer '{name}' is called {calls[0]} times in one forward pass (a reused module, such as the "

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import capture_layer, model_guard
+from ..capture import REENTRANT_CHECKPOINT_FIX, capture_layer, model_guard, reentrant_checkpoint_error
 from ..errors import InputError, LayerError
 from ..explanation import Explanation
 from ..layers import choose_layer, probe_layers, resolve_layer
@@ -251,6 +251,11 @@ class LayerMethod(Explainer):
                     "explain the eager module (model._orig_mod)"
                 )
             raise LayerError(f"layer '{name}' was not called during the forward pass{hint}")
+        if capture.in_reentrant_checkpoint:
+            raise LayerError(
+                f"layer '{name}' runs inside torch.utils.checkpoint(..., use_reentrant=True), which keeps no graph "
+                f"of its segment, so no gradient can reach the layer; {REENTRANT_CHECKPOINT_FIX}"
+            )
         return name, capture.activations, output
 
     def _rescorer(
@@ -390,6 +395,20 @@ def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) 
     """
     if not scores.requires_grad:
         raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
+    try:
+        grads = _column_gradients(scores, activations)
+    except RuntimeError as error:
+        diagnosed = reentrant_checkpoint_error(error, f"layer '{name}'")
+        if diagnosed is None:
+            raise
+        raise diagnosed from error
+    if grads is None:
+        raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
+    return grads
+
+
+def _column_gradients(scores: torch.Tensor, activations: torch.Tensor) -> torch.Tensor | None:
+    """``layer_gradients``' backward passes: (B, k, *A.shape[1:]), or None when A is not in the graph."""
     batch, k = scores.shape
     if k == 1:
         (grad,) = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
@@ -409,6 +428,4 @@ def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) 
                 for j in range(k)
             ]
             grads = None if columns[0] is None else torch.stack(columns, dim=1)
-    if grads is None:
-        raise LayerError(f"the target does not depend on layer '{name}': no gradient reaches it")
     return grads

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture import guided_relu_backward, model_guard
+from ..capture import guided_relu_backward, model_guard, reentrant_checkpoint_error
 from ..explanation import Explanation
 from ..targets import OutputSelector, Target, resolve_target
 from .base import Explainer, check_input, finish, require_finite, run_model, usable_input
@@ -19,9 +19,13 @@ from .gradcam import GradCAM
 def input_gradients(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """``d scores[:, j] / d inputs`` for each of the k columns, (B, k, C, H, W)."""
     k = scores.shape[1]
-    grads = [
-        torch.autograd.grad(scores[:, j].sum(), inputs, retain_graph=j < k - 1)[0] for j in range(k)
-    ]
+    try:
+        grads = [torch.autograd.grad(scores[:, j].sum(), inputs, retain_graph=j < k - 1)[0] for j in range(k)]
+    except RuntimeError as error:
+        diagnosed = reentrant_checkpoint_error(error, "the input")
+        if diagnosed is None:
+            raise
+        raise diagnosed from error
     return torch.stack(grads, dim=1)
 
 
