@@ -69,3 +69,35 @@ def gap_net() -> GapNet:
         net.body[1].running_mean.uniform_(-0.2, 0.2)
         net.body[1].running_var.uniform_(0.5, 1.5)
     return net.eval()
+
+
+class GapNetND(nn.Module):
+    """``GapNet`` for signals (rank 1: (B, 3, L)) and volumes / videos (rank 3: (B, 3, T, H, W))."""
+
+    def __init__(self, rank: int, classes: int = 5, inplace: bool = True) -> None:
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+        norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+        self.body = nn.Sequential(
+            conv(3, 8, 3, padding=1), norm(8), nn.ReLU(inplace=inplace), conv(8, 6, 3, stride=2, padding=1)
+        )
+        self.act = nn.ReLU(inplace=inplace)
+        self.fc = nn.Linear(6, classes)
+        nn.init.zeros_(self.fc.bias)  # the top class is the one with most evidence (never a bias with no map)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.body(x)).flatten(2).mean(-1))
+
+
+def gap_net_nd(rank: int) -> GapNetND:
+    """A seeded ``GapNetND`` in eval mode with non-trivial batch-norm statistics."""
+    torch.manual_seed(0)
+    net = GapNetND(rank)
+    with torch.no_grad():
+        net.body[1].running_mean.uniform_(-0.2, 0.2)
+        net.body[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+# Inputs of each rank for the N-D tests: a signal, an image, a short clip / small volume.
+RANK_SHAPES = {1: (2, 3, 16), 2: (2, 3, 8, 8), 3: (2, 3, 4, 6, 6)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gradcam
-from conftest import GapNet
+from conftest import RANK_SHAPES, GapNet, GapNetND
 from gradcam.methods import METHODS, create_explainer
 
 HOOK_DICTS = (
@@ -46,10 +46,11 @@ def assert_same_state(before, after):
     assert before["hooks"] == after["hooks"]
 
 
-def messy_model():
-    """A model in training mode with a user hook, a frozen part and existing .grad values."""
+def messy_model(rank: int = 2):
+    """A model in training mode with a user hook, a frozen part and existing .grad values (rank 1: signals,
+    2: images, 3: volumes / videos)."""
     torch.manual_seed(0)
-    model = GapNet()
+    model = GapNet() if rank == 2 else GapNetND(rank)
     model.train()
     model.body[1].eval()  # mixed flags must come back exactly
     model.body[0].weight.requires_grad_(False)
@@ -62,14 +63,18 @@ def messy_model():
 METHOD_NAMES = list(METHODS)
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3], ids=["signal", "image", "volume"])
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_model_state_is_restored(method):
-    model = messy_model()
+def test_model_state_is_restored(method, rank):
+    model = messy_model(rank)
     before = snapshot(model)
-    e = explain(method, model, torch.randn(2, 3, 8, 8))
+    x = torch.randn(RANK_SHAPES[rank], generator=torch.Generator().manual_seed(4 + rank))
+    e = explain(method, model, x)
     assert_same_state(before, snapshot(model))
     assert torch.isfinite(e.heatmap).all()
     assert e.heatmap.abs().sum() > 0 or METHODS[method].call_options.get("counterfactual")
+    positions = tuple(x.shape[2:])
+    assert e.heatmap.shape[-rank:] == positions  # maps at the input's resolution, whatever the rank
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -36,6 +36,7 @@ from gradcam.imaging.io import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from gradcam.imaging.sequences import frame_strip, signal_plot
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -52,6 +53,7 @@ __all__ = [
     "draw_box",
     "draw_contour",
     "find_images",
+    "frame_strip",
     "gradient_image",
     "load_image",
     "mask_outline",
@@ -65,6 +67,7 @@ __all__ = [
     "resized_size_for",
     "save_npy_atomic",
     "save_png_atomic",
+    "signal_plot",
     "sync_filesystem",
     "write_bytes_atomic",
     "write_json_atomic",

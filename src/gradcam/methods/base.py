@@ -6,7 +6,11 @@ before the layer; turn the output into scalars ``y`` (``targets.resolve_target``
 ``y`` (``-y`` for counterfactual maps) with respect to the captured activations ``A`` only
 (``torch.autograd.grad``, so no parameter gradient is ever computed and the backward stops at the
 layer); ask the subclass for its channel weights ``alpha``; ``L = ReLU(sum_k alpha_k A_k)``;
-bilinear upsampling to the input size; per-map min-max normalisation.
+upsampling to the input size; per-map min-max normalisation.
+
+Inputs are images ``(B, C, H, W)``, signals ``(B, C, L)`` or volumes / videos ``(B, C, T, H, W)``; the
+layer's activations have the same number of trailing axes, ``(B, K, *S)``. Weights average over all of
+``S``, and maps are upsampled linearly, bilinearly or trilinearly (``align_corners=False``).
 """
 
 from __future__ import annotations
@@ -30,49 +34,72 @@ from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
 logger = logging.getLogger("gradcam")
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, k, u, v) maps to (B, k, H, W), ``align_corners=False``."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+_GRIDS = {1: "(B, K, l)", 2: "(B, K, u, v)", 3: "(B, K, t, u, v)"}
+_CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def spatial_axes(rank: int) -> tuple[int, ...]:
+    """The last ``rank`` axes, ``(-rank, ..., -1)``: where a map's positions are, whatever leads them."""
+    return tuple(range(-rank, 0))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Upsampling of (B, k, *S) maps to (B, k, *size): linear, bilinear or trilinear for 1, 2 or 3 axes,
+    ``align_corners=False``."""
+    if tuple(maps.shape[-len(size) :]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=tuple(size), mode=_MODES[len(size)], align_corners=False)
 
 
-def normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation over the last two dims to [0, 1]; a flat map becomes all zero.
+def normalize(maps: torch.Tensor, rank: int = 2) -> torch.Tensor:
+    """Per-map min-max normalisation over the last ``rank`` axes to [0, 1]; a flat map becomes all zero.
 
     ``(m - min) / (max - min)``, with the division done per map on the (..., 1, 1) statistics so the
     full-size tensor is touched twice (subtract, multiply) rather than four times.
     """
-    low, high = torch.aminmax(maps.flatten(-2), dim=-1)
-    span = (high - low)[..., None, None]
+    low, high = torch.aminmax(maps.flatten(-rank), dim=-1)
+    low, high = low[(..., *[None] * rank)], high[(..., *[None] * rank)]
+    span = high - low
     scale = torch.where(span > 0, 1 / torch.where(span > 0, span, 1), 0)
-    return (maps - low[..., None, None]).mul_(scale)
+    return (maps - low).mul_(scale)
 
 
-def first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
-    """Name and ``in_channels`` of the first 2-D convolution registered in ``model``, if any."""
+def first_conv_channels(model: nn.Module) -> tuple[str, int, int] | None:
+    """Name, ``in_channels`` and number of spatial axes of the first 1-, 2- or 3-D convolution of ``model``."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module.in_channels
+        rank = next((r for kind, r in _CONVS.items() if isinstance(module, kind)), None)
+        if rank is not None:
+            return name, module.in_channels, rank
     return None
 
 
 def check_input(x: Any, model: nn.Module) -> torch.Tensor:
-    """Validate ``x`` as a finite, non-empty, floating (B, C, H, W) batch for ``model``."""
+    """Validate ``x`` as a finite, non-empty, floating batch for ``model``: images (B, C, H, W), signals
+    (B, C, L) or volumes / videos (B, C, T, H, W), whose rank matches the model's first convolution."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == 3 else ""
-        raise InputError(f"x must be a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}{hint}")
+    conv = first_conv_channels(model)
+    if x.dim() not in (3, 4, 5) or (conv is not None and x.dim() != conv[2] + 2):
+        rank = conv[2] if conv is not None else None
+        if rank is not None:
+            hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == rank + 1 else ""
+            hint += f"; the model's first convolution '{conv[0]}' is {rank}-D"
+            expected = f"a {rank + 2}-D tensor {_LAYOUTS[rank]}"
+        else:
+            hint = ""
+            expected = "a (B, C, L), (B, C, H, W) or (B, C, T, H, W) tensor"
+        raise InputError(f"x must be {expected}; got shape {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise InputError(f"x must be a floating-point tensor (normalised image batch); got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise InputError("x is an empty batch (B = 0)")
-    conv = first_conv_channels(model)
     if conv is not None and conv[1] != x.shape[1]:
+        layout = _LAYOUTS[conv[2]].replace("C", str(conv[1]))
         raise InputError(
             f"x has {x.shape[1]} channels but the model's first convolution '{conv[0]}' expects "
-            f"{conv[1]}; x must be (B, {conv[1]}, H, W)"
+            f"{conv[1]}; x must be {layout}"
         )
     if x.device.type == "cpu":  # on an accelerator the check runs after the work is queued: no mid-call sync
         require_finite(x)
@@ -168,14 +195,19 @@ class Explainer:
 class MapContext:
     """What a layer method's weights may depend on, for one call."""
 
-    activations: torch.Tensor  # A, (B, K, u, v), float32
-    gradients: torch.Tensor | None  # d(sign*y)/dA, (B, k, K, u, v), float32; None if not needed
+    activations: torch.Tensor  # A, (B, K, *S): S = (u, v), (l,) or (t, u, v); float32
+    gradients: torch.Tensor | None  # d(sign*y)/dA, (B, k, K, *S), float32; None if not needed
     target: ResolvedTarget
     output: Any  # the raw model output
     sign: float  # +1, or -1 for counterfactual maps
     inputs: torch.Tensor  # x, (B, C, H, W)
     rescore: Callable[[torch.Tensor, int], torch.Tensor]  # (inputs (N,C,H,W) of image b, b) -> (N, k) scores
     features: torch.Tensor | None = None  # what the map sums over; defaults to activations
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The activations' position axes as negative indices (valid for A and for the gradients)."""
+        return spatial_axes(self.activations.dim() - 2)
 
 
 class LayerMethod(Explainer):
@@ -222,9 +254,9 @@ class LayerMethod(Explainer):
         raise NotImplementedError
 
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
-        """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, u, v); F is A unless a method says otherwise."""
+        """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, *S); F is A unless a method says otherwise."""
         features = context.activations if context.features is None else context.features
-        return torch.relu(torch.einsum("bjc,bcuv->bjuv", weights, features))
+        return torch.relu(torch.einsum("bjc,bc...->bj...", weights, features))
 
     def _forward(
         self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None, record_graph: bool
@@ -268,14 +300,16 @@ class LayerMethod(Explainer):
         """A function scoring N modified copies of image b for the same targets, without gradients."""
         return make_rescorer(self.model, x, target, resolved, forward_kwargs, self.output)
 
-    def _as_grid(self, captured: torch.Tensor, name: str, batch: int) -> torch.Tensor:
-        """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given)."""
+    def _as_grid(self, captured: torch.Tensor, name: str, batch: int, rank: int = 2) -> torch.Tensor:
+        """The captured output as a (B, K, *S) grid with as many position axes as the input has (through
+        ``reshape`` when one is given)."""
         grid = captured if self.reshape is None else self.reshape(captured)
-        if grid.dim() != 4 or grid.shape[0] != batch:
+        if grid.dim() != rank + 2 or grid.shape[0] != batch:
             via = "" if self.reshape is None else " after reshape"
             raise LayerError(
-                f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs "
-                f"a (B, K, u, v) feature map with B={batch} (token layers need reshape=...)"
+                f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs a "
+                f"{_GRIDS[rank]} feature map with B={batch} for a {_LAYOUTS[rank]} input (token layers need "
+                "reshape=...)"
             )
         return grid
 
@@ -302,7 +336,7 @@ class LayerMethod(Explainer):
             with torch.enable_grad():
                 resolved = resolve_target(target, output, x.shape[0], self.output)
             sign = -1.0 if counterfactual else 1.0
-            activations = self._as_grid(captured, name, x.shape[0])
+            activations = self._as_grid(captured, name, x.shape[0], x.dim() - 2)
             gradients = None
             if self.needs_gradients:
                 gradients = layer_gradients(sign * resolved.scores, captured, name)
@@ -320,7 +354,7 @@ class LayerMethod(Explainer):
                 )
                 weights = self.channel_weights(context)
                 raw = self.combine(weights, context)
-                heatmap = normalize(upsample(raw, tuple(x.shape[-2:])))
+                heatmap = normalize(upsample(raw, tuple(x.shape[2:])), x.dim() - 2)
         if x.device.type != "cpu":
             require_finite(x)
         multi = resolved.multi

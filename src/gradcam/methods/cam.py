@@ -55,7 +55,7 @@ class GapLinearHead:
         worst = None
         candidates = (activations, torch.relu(activations)) if allow_relu else (activations,)
         for features in candidates:
-            predicted = features.mean(dim=(-2, -1)) @ weight.T + bias
+            predicted = features.flatten(2).mean(dim=-1) @ weight.T + bias
             gap = float((predicted - logits).norm() / scale)
             if gap <= tolerance:
                 return features
@@ -87,15 +87,17 @@ def all_class_maps(
     with model_guard(method.model, method.eval_mode), torch.inference_mode(False):
         x = usable_input(x)
         name, captured, output = method._forward(x, forward_kwargs, record_graph=False)
-        grid = method._as_grid(captured, name, x.shape[0])
+        grid = method._as_grid(captured, name, x.shape[0], x.dim() - 2)
         with no_autocast(x):
             selected = select_output(output, method.output).detach()
             features = head.features(grid.float(), selected, allow_relu=allow_relu)
             logits = selected.float()
-            weights = head.weight / (features.shape[-2] * features.shape[-1] if scale_by_area else 1.0)
-            b, k, u, v = features.shape
-            raw = torch.relu(torch.matmul(weights, features.reshape(b, k, u * v))).reshape(b, -1, u, v)
-            heatmap = normalize(upsample(raw, tuple(x.shape[-2:])) if to_input_size else raw)
+            positions = features[0, 0].numel()
+            weights = head.weight / (positions if scale_by_area else 1.0)
+            b, k, *grid_shape = features.shape
+            raw = torch.relu(torch.matmul(weights, features.reshape(b, k, positions))).reshape(b, -1, *grid_shape)
+            rank = x.dim() - 2
+            heatmap = normalize(upsample(raw, tuple(x.shape[2:])) if to_input_size else raw, rank)
     classes = torch.arange(weights.shape[0], device=x.device).expand(b, -1)
     return Explanation(
         heatmap=heatmap,

@@ -11,14 +11,13 @@ from .base import LayerMethod, MapContext
 
 
 def principal_projection(activations: torch.Tensor, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's first principal axis ``v1`` (B, K) and the features projected on it (B, K, u, v).
+    """Each image's first principal axis ``v1`` (B, K) and the features projected on it (B, K, *S).
 
-    Per image the activations are a (u*v positions) x (K channels) matrix M, mean-centred over
+    Per image the activations are a (positions) x (K channels) matrix M, mean-centred over
     positions when ``center``; ``v1`` is the first right singular vector of M (``torch.linalg.svd``,
     float64) and ``M v1`` is the projection. The sign of an SVD is arbitrary: ``v1`` is flipped so
     that the projection correlates positively with the mean activation over channels.
     """
-    b, k, u, v = activations.shape
     matrix = activations.double().flatten(2).transpose(1, 2)  # (B, uv, K)
     if center:
         matrix = matrix - matrix.mean(dim=1, keepdim=True)
@@ -28,7 +27,7 @@ def principal_projection(activations: torch.Tensor, center: bool = True) -> tupl
     mean_map = activations.double().mean(dim=1).flatten(1)
     agreement = ((projection - projection.mean(1, keepdim=True)) * (mean_map - mean_map.mean(1, keepdim=True))).sum(1)
     axis = torch.where(agreement.unsqueeze(1) < 0, -axis, axis)
-    features = matrix.transpose(1, 2).reshape(b, k, u, v)
+    features = matrix.transpose(1, 2).reshape(activations.shape)
     return axis.to(activations.dtype), features.to(activations.dtype)
 
 

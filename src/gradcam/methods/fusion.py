@@ -127,7 +127,7 @@ class MultiLayerCAM(Explainer):
         fused = maps.mean(dim=0) if self.reduce == "mean" else maps.amax(dim=0)
         first = explanations[0]
         return Explanation(
-            heatmap=normalize(fused),
+            heatmap=normalize(fused, x.dim() - 2),
             raw=fused,
             scores=first.scores,
             method=self.name,

@@ -23,7 +23,7 @@ class GradCAM(LayerMethod):
     name = "gradcam"
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
-        return context.gradients.mean(dim=(-2, -1))
+        return context.gradients.mean(dim=context.axes)
 
     def all_classes(
         self,

@@ -26,9 +26,9 @@ class GradCAMPlusPlus(LayerMethod):
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
         grads = context.gradients  # (B, k, K, u, v)
-        total = context.activations.sum(dim=(-2, -1), keepdim=True).unsqueeze(1)  # (B, 1, K, 1, 1)
+        total = context.activations.sum(dim=context.axes, keepdim=True).unsqueeze(1)  # (B, 1, K, 1, 1)
         grads2 = grads * grads
         denominator = 2 * grads2 + total * grads2 * grads
         nonzero = denominator != 0
         alpha = torch.where(nonzero, grads2 / torch.where(nonzero, denominator, 1), 0)
-        return (alpha * torch.relu(grads)).sum(dim=(-2, -1))
+        return (alpha * torch.relu(grads)).sum(dim=context.axes)

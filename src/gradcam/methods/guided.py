@@ -122,7 +122,7 @@ class GuidedGradCAM(Explainer):
         same_target = target if cam.classes is None else cam.classes
         guided = self.guided(x, same_target, counterfactual=counterfactual, forward_kwargs=forward_kwargs)
         return Explanation(
-            heatmap=guided.heatmap * cam.heatmap.unsqueeze(-3),
+            heatmap=guided.heatmap * cam.heatmap.unsqueeze(1 - x.dim()),  # L_up broadcast over C
             raw=cam.raw,
             scores=cam.scores,
             method=self.name,

@@ -20,7 +20,7 @@ class HiResCAM(LayerMethod):
     name = "hirescam"
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
-        return context.gradients.mean(dim=(-2, -1))
+        return context.gradients.mean(dim=context.axes)
 
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         return torch.relu((context.gradients * context.activations.unsqueeze(1)).sum(dim=2))

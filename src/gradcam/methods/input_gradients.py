@@ -232,8 +232,9 @@ class IntegratedGradients(_InputSpaceMethod):
 
     def attribute(self, x: torch.Tensor, grads_at) -> torch.Tensor:
         baseline = self.baseline_for(x)
-        alphas = self.alphas.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-        weights = self.weights.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
+        ones = [1] * (x.dim() - 1)  # alphas broadcast over one image's (C, *X); weights also over the k axis
+        alphas = self.alphas.to(device=x.device, dtype=x.dtype).view(-1, *ones)
+        weights = self.weights.to(device=x.device, dtype=x.dtype).view(-1, 1, *ones)
         result = []
         for b in range(x.shape[0]):
             start, delta = baseline[b : b + 1], x[b : b + 1] - baseline[b : b + 1]

@@ -18,7 +18,7 @@ class LayerCAM(LayerMethod):
     name = "layercam"
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
-        return torch.relu(context.gradients).mean(dim=(-2, -1))
+        return torch.relu(context.gradients).mean(dim=context.axes)
 
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         return torch.relu((torch.relu(context.gradients) * context.activations.unsqueeze(1)).sum(dim=2))

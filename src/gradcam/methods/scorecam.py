@@ -77,13 +77,13 @@ class ScoreCAM(LayerMethod):
     def channel_scores(self, context: MapContext) -> torch.Tensor:
         """``S_k`` for every image, channel and target: (B, K, k), ``batch_size`` masked images per pass."""
         activations, inputs = context.activations, context.inputs
-        size = tuple(inputs.shape[-2:])
+        size = tuple(inputs.shape[2:])
         per_image = []
         for b in range(inputs.shape[0]):
             chunks = []
             for start in range(0, activations.shape[1], self.batch_size):
                 maps = activations[b : b + 1, start : start + self.batch_size]
-                masks = normalize(upsample(maps, size))[0].unsqueeze(1)  # (n, 1, H, W)
+                masks = normalize(upsample(maps, size), len(size))[0].unsqueeze(1)  # (n, 1, *X)
                 chunks.append(context.rescore(inputs[b : b + 1] * masks.to(inputs.dtype), b).float())
             per_image.append(torch.cat(chunks))
         return torch.stack(per_image)

@@ -18,7 +18,7 @@ class XGradCAM(LayerMethod):
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
         activations = context.activations
-        total = activations.sum(dim=(-2, -1), keepdim=True)
+        total = activations.sum(dim=context.axes, keepdim=True)
         nonzero = total != 0
         share = torch.where(nonzero, activations / torch.where(nonzero, total, 1), 0)  # (B, K, u, v)
-        return (share.unsqueeze(1) * context.gradients).sum(dim=(-2, -1))
+        return (share.unsqueeze(1) * context.gradients).sum(dim=context.axes)
