@@ -56,6 +56,16 @@ def block_image(values: list[list[float]]) -> torch.Tensor:
     return torch.kron(torch.tensor(values), torch.ones(2, 2)).reshape(1, 1, 4, 4)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (end-to-end runs, large models) run only when asked for: ``pytest -m slow``."""
+    if "slow" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def hand_net() -> HandNet:
     return HandNet().eval()

@@ -61,8 +61,9 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Mod
 def probe_layers(model: nn.Module, x: torch.Tensor, forward_kwargs: dict | None = None) -> list[LayerInfo]:
     """Run one forward pass on ``x`` and list every module's tensor output in completion order.
 
-    A module is a *candidate* for Grad-CAM when its output is a 4-D (B, K, u, v) map with
-    ``u * v > 1`` that was not produced by a pooling module (a container whose output is its last
+    A module is a *candidate* for Grad-CAM when its output is a map with the input's layout, (B, K, u, v)
+    for images ((B, K, l) for signals, (B, K, t, u, v) for videos), with more than one position, that was
+    not produced by a pooling module (a container whose output is its last
     pooling child's output inherits that). Tensors are identified by object, so an in-place ReLU
     that returns its input is a candidate like the convolution before it.
     """
@@ -88,7 +89,7 @@ def probe_layers(model: nn.Module, x: torch.Tensor, forward_kwargs: dict | None 
             handle.remove()
     infos = []
     for name, module, output in records:
-        spatial = output.dim() == 4 and output.shape[2] * output.shape[3] > 1
+        spatial = output.dim() == x.dim() and output.shape[0] == x.shape[0] and output.shape[2:].numel() > 1
         pooled = isinstance(producer.get(id(output), module), _POOLING)
         infos.append(LayerInfo(name, type(module).__name__, tuple(output.shape), spatial and not pooled))
     return infos

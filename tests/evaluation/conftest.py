@@ -1,6 +1,6 @@
 """Evaluation tests run with one torch thread (on a shared 2-core machine two intra-op threads spin-wait
 for each other and make the many small forward passes of the faithfulness metrics several times slower),
-and tests marked ``slow`` run only when asked for (``pytest -m slow``)."""
+and tests marked ``slow`` run only when asked for (``pytest -m slow``: see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,3 @@ def one_thread() -> Iterator[None]:
 def _one_torch_thread() -> Iterator[None]:
     with one_thread():
         yield
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "slow" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
-    for item in items:
-        if "slow" in item.keywords and "evaluation" in str(item.path):
-            item.add_marker(skip)
