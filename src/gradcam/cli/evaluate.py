@@ -103,9 +103,8 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
+    from ..evaluation import TASKS, EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
     from ..evaluation.report import describe, format_table, write_report
-    from ..evaluation.runner import TASKS
 
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:

@@ -37,7 +37,8 @@ from .faithfulness import (
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
-from .runner import TASKS, EvaluationResult, EvaluationSettings, evaluate
+from .results import TASKS, EvaluationResult, EvaluationSettings
+from .runner import evaluate
 from .sources import BASELINES, default_methods
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
 
