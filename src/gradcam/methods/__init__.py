@@ -23,9 +23,11 @@ from .xgradcam import XGradCAM
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its class, and the call options that make it this method."""
+    """A registered method: its class, the call options that make it this method, its display title (figures,
+    panels, tables) and a one-line summary with its formula."""
 
     cls: type[Explainer]
+    title: str
     call_options: dict[str, Any] = field(default_factory=dict)
     uses_layer: bool = True
     summary: str = ""
@@ -33,27 +35,49 @@ class MethodSpec:
 
 METHODS = MappingProxyType(
     {
-        "gradcam": MethodSpec(GradCAM, summary="Grad-CAM: alpha = spatial mean of dy/dA"),
+        "gradcam": MethodSpec(GradCAM, "Grad-CAM", summary="Grad-CAM: alpha = spatial mean of dy/dA"),
         "counterfactual": MethodSpec(
-            GradCAM, {"counterfactual": True}, summary="Grad-CAM of -y: regions arguing against the class"
+            GradCAM,
+            "Counterfactual",
+            {"counterfactual": True},
+            summary="Grad-CAM of -y: regions arguing against the class",
         ),
-        "cam": MethodSpec(CAM, summary="CAM: alpha = classifier weights (GAP + linear heads)"),
-        "guided-backprop": MethodSpec(GuidedBackprop, uses_layer=False, summary="Guided Backpropagation"),
-        "guided-gradcam": MethodSpec(GuidedGradCAM, summary="Guided Backprop x upsampled Grad-CAM"),
-        "gradcam++": MethodSpec(GradCAMPlusPlus, summary="Grad-CAM++: alpha = sum_ij g^2/(2g^2 + sum A g^3) ReLU(g)"),
-        "hirescam": MethodSpec(HiResCAM, summary="HiResCAM: ReLU(sum_k g_k * A_k), element-wise"),
-        "xgradcam": MethodSpec(XGradCAM, summary="XGrad-CAM: alpha = sum_ij (A/sum A) g"),
-        "layercam": MethodSpec(LayerCAM, summary="LayerCAM: ReLU(sum_k ReLU(g_k) * A_k), sharp on early layers"),
-        "eigencam": MethodSpec(EigenCAM, summary="Eigen-CAM: first principal component of A (class-agnostic)"),
-        "scorecam": MethodSpec(ScoreCAM, summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"),
-        "ablationcam": MethodSpec(AblationCAM, summary="Ablation-CAM: alpha = (y - y with channel k zeroed) / y"),
+        "cam": MethodSpec(CAM, "CAM", summary="CAM: alpha = classifier weights (GAP + linear heads)"),
+        "guided-backprop": MethodSpec(
+            GuidedBackprop, "Guided Backprop", uses_layer=False, summary="Guided Backpropagation"
+        ),
+        "guided-gradcam": MethodSpec(GuidedGradCAM, "Guided Grad-CAM", summary="Guided Backprop x upsampled Grad-CAM"),
+        "gradcam++": MethodSpec(
+            GradCAMPlusPlus, "Grad-CAM++", summary="Grad-CAM++: alpha = sum_ij g^2/(2g^2 + sum A g^3) ReLU(g)"
+        ),
+        "hirescam": MethodSpec(HiResCAM, "HiResCAM", summary="HiResCAM: ReLU(sum_k g_k * A_k), element-wise"),
+        "xgradcam": MethodSpec(XGradCAM, "XGrad-CAM", summary="XGrad-CAM: alpha = sum_ij (A/sum A) g"),
+        "layercam": MethodSpec(
+            LayerCAM, "LayerCAM", summary="LayerCAM: ReLU(sum_k ReLU(g_k) * A_k), sharp on early layers"
+        ),
+        "eigencam": MethodSpec(
+            EigenCAM, "Eigen-CAM", summary="Eigen-CAM: first principal component of A (class-agnostic)"
+        ),
+        "scorecam": MethodSpec(
+            ScoreCAM, "Score-CAM", summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"
+        ),
+        "ablationcam": MethodSpec(
+            AblationCAM, "Ablation-CAM", summary="Ablation-CAM: alpha = (y - y with channel k zeroed) / y"
+        ),
         "multilayer": MethodSpec(
-            MultiLayerCAM, summary="LayerCAM (or another method) on several layers, normalised maps averaged"
+            MultiLayerCAM,
+            "Multi-layer CAM",
+            summary="LayerCAM (or another method) on several layers, normalised maps averaged",
         ),
-        "gradient": MethodSpec(InputGradient, uses_layer=False, summary="Input gradient dy/dx"),
-        "smoothgrad": MethodSpec(SmoothGrad, uses_layer=False, summary="SmoothGrad: dy/dx averaged over noisy x"),
+        "gradient": MethodSpec(InputGradient, "Input gradient", uses_layer=False, summary="Input gradient dy/dx"),
+        "smoothgrad": MethodSpec(
+            SmoothGrad, "SmoothGrad", uses_layer=False, summary="SmoothGrad: dy/dx averaged over noisy x"
+        ),
         "integrated-gradients": MethodSpec(
-            IntegratedGradients, uses_layer=False, summary="Integrated Gradients from a zero baseline"
+            IntegratedGradients,
+            "Integrated Gradients",
+            uses_layer=False,
+            summary="Integrated Gradients from a zero baseline",
         ),
     }
 )
