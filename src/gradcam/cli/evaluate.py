@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
     if not args.synthetic and not args.path:
         raise CLIError("give a folder of images with .xml annotations, or --synthetic")
+    if args.annotations is not None and not Path(args.annotations).is_dir():
+        raise CLIError(f"--annotations {args.annotations} is not a folder; expected the folder of the .xml files")
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
     if not 0.0 < args.iou <= 1.0:
