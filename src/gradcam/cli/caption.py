@@ -11,6 +11,7 @@ from ._common import CLIError, check_file, check_out_folder, resolve_device
 COMMAND = "caption"
 HELP = "caption an image (or explain --caption) with one Grad-CAM and Guided Grad-CAM map per word"
 MAX_LEN = 18
+MAX_TILE = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +92,8 @@ def check_language_options(args: argparse.Namespace) -> None:
     """The checks ``caption`` and ``vqa`` share (CLIError naming the option and what it takes)."""
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]; got {args.alpha}")
-    if args.tile < 1:
-        raise CLIError(f"--tile must be >= 1 (pixels); got {args.tile}")
+    if not 1 <= args.tile <= MAX_TILE:  # a panel is a row of tiles per word: bound its memory
+        raise CLIError(f"--tile must be in [1, {MAX_TILE}] pixels; got {args.tile}")
     if args.scene is not None and args.scene < 0:
         raise CLIError(f"--scene must be >= 0; got {args.scene}")
     if args.weights is not None and args.model != "synthetic":

@@ -295,6 +295,8 @@ def task_options(args: argparse.Namespace, loaded: LoadedModel) -> TaskOptions:
         options["texts"] = tuple(args.text or ())
     if args.mask is not None and not Path(args.mask).is_file():
         raise CLIError(f"--mask file not found: {args.mask}")
+    if task == "detection" and kind != "detection":
+        raise CLIError(f"--task detection needs a detection model; {loaded.name} is a {kind} model")
     return TaskOptions(**options)
 
 
