@@ -25,6 +25,16 @@ def test_generate_refuses_a_max_len_below_one_word(captioner, max_len) -> None:
     assert str(info.value) == f"max_len must be an integer >= 1 (words); got {max_len!r}"
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_generate_gives_at_most_max_len_words_then_the_end_token(captioner, beam) -> None:
+    images = torch.zeros(1, 3, PREPROCESS.input_size, PREPROCESS.input_size)
+    full = captioner.token_words(captioner.generate(images, beam=beam)[0])
+    assert len(full) > 4  # <bos> + at least 3 words + <eos>: the cut below shortens it
+    for max_len in (1, 2):
+        words = captioner.token_words(captioner.generate(images, max_len=max_len, beam=beam)[0])
+        assert words == [*full[: 1 + max_len], "<eos>"]
+
+
 def test_load_errors_are_gradcam_errors_naming_the_weights_file(tmp_path) -> None:
     with pytest.raises(ModelLoadError) as info:
         load_vqa(weights_path("captioner"))

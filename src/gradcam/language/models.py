@@ -149,10 +149,12 @@ class SceneCaptioner(nn.Module):
         token = torch.full((images.shape[0],), self.bos_id, dtype=torch.long, device=images.device)
         generated, steps = [token], []
         done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        for _ in range(max_len + 1):
+        for t in range(max_len + 1):
             logits, h = self.step(token, h, memory)
             steps.append(logits)
-            token = torch.where(done, torch.full_like(token, self.pad_id), logits.detach().argmax(-1))
+            # after max_len words the caption ends: the last step's token is <eos>, not a word max_len + 1
+            best = logits.detach().argmax(-1) if t < max_len else torch.full_like(token, self.eos_id)
+            token = torch.where(done, torch.full_like(token, self.pad_id), best)
             generated.append(token)
             done = done | (token == self.eos_id)
             if bool(done.all()):
@@ -166,7 +168,7 @@ class SceneCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, max_len: int = MAX_CAPTION_WORDS, beam: int = 1) -> torch.Tensor:
-        """Captions as token ids (B, L): ``<bos>`` ... ``<eos>``, right-padded; greedy or beam search.
+        """Captions as token ids (B, L): ``<bos>``, at most ``max_len`` words, ``<eos>``, right-padded; greedy or beam.
 
         Beam search keeps the ``beam`` best partial captions by summed log-probability and returns the
         finished caption with the highest sum (neuraltalk2's rule, no length normalisation).
@@ -185,12 +187,17 @@ class SceneCaptioner(nn.Module):
         cells, keys, h = self.memory(image)
         seqs, scores = [[self.bos_id]], torch.zeros(1, device=image.device)
         finished: list[tuple[float, list[int]]] = []
-        for _ in range(max_len + 1):
+        for t in range(max_len + 1):
             n = len(seqs)
             memory = (cells.expand(n, -1, -1), None if keys is None else keys.expand(n, -1, -1), h)
             token = torch.tensor([s[-1] for s in seqs], device=image.device)
             logits, h = self.step(token, h, memory)
-            total = (scores[:, None] + torch.log_softmax(logits, dim=-1)).reshape(-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if t == max_len:  # max_len words so far: every beam ends here, with its <eos> scored
+                only_end = torch.full_like(log_probs, float("-inf"))
+                only_end[:, self.eos_id] = log_probs[:, self.eos_id]
+                log_probs = only_end
+            total = (scores[:, None] + log_probs).reshape(-1)
             best = total.topk(min(beam, total.numel()))
             vocab = logits.shape[-1]
             keep_rows, keep_seqs, keep_scores = [], [], []
