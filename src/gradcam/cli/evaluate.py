@@ -29,7 +29,7 @@ COMMAND = "evaluate"
 HELP = (
     "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic). "
     "Exit 1 when no method could be evaluated, or when a method named with --method could not be (the table of "
-    "the others is still written); methods of the default set that do not apply to the model are listed as skipped"
+    "the others is still written); methods of the default set that cannot be evaluated with the model are listed"
 )
 TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
 
@@ -218,8 +218,7 @@ def run(args: argparse.Namespace) -> int:
     requested = [name for name in failed if args.method and name in args.method]
     if failed:
         listed = ", ".join(f"{name} ({error.splitlines()[0]})" for name, error in failed.items())
-        if requested:
-            print(f"gradcam evaluate: error: not evaluated: {listed}", file=sys.stderr)
-            return 1
-        print(f"gradcam evaluate: skipped (they do not apply to {loaded.name}): {listed}", file=sys.stderr)
+        if requested:  # the table of the others is written; the user asked for these
+            raise RunError(f"not evaluated: {listed}")
+        print(f"gradcam evaluate: default methods not evaluated with {loaded.name}: {listed}", file=sys.stderr)
     return 0
