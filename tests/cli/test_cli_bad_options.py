@@ -9,9 +9,11 @@ option of every command, so a new option needs a case here.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -339,6 +341,14 @@ def test_the_sweep_covers_every_option_that_takes_a_value() -> None:
         words = argv.split()
         covered.update((words[0], word) for word in words[1:] if word.startswith("--"))
     assert _options_taking_values() - covered == set()
+
+
+def test_vqa_answer_names_are_matched_ignoring_case(files, capsys) -> None:
+    out = Path(files["out"] + "-vqa")
+    code, _, err = run(["vqa", "--scene", "7", "-q", "what size is the circle", "--answer", " Large",
+                        "--no-guided", "--tile", "32", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "scene7.vqa.json").read_text())["explained"] == "large"
 
 
 def test_an_evaluate_method_asked_for_and_not_evaluated_exits_1_with_the_table_written(files, tmp_path, capsys):

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..imaging.io import save_npy_atomic, save_png_atomic, write_json_atomic
-    from ..language.explain import explain_answer
+    from ..language.explain import answer_index, explain_answer
     from ..language.inputs import load_input, load_model_or_fail
     from ..language.render import answer_figure
 
@@ -47,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--answer is empty; give one of the model's answers, or leave it out for the model's own")
     device = resolve_device(args.device)
     loaded = load_model_or_fail("vqa", args.model, args.weights, device)
-    answers = tuple(getattr(loaded.model, "answers", ()))
-    if args.answer is not None and answers and args.answer not in answers:
-        raise CLIError(f"--answer {args.answer!r} is not one of {loaded.name}'s answers: {', '.join(answers)}")
+    if args.answer is not None:
+        try:
+            answer_index(loaded.model, args.answer)  # names are matched ignoring case; 'color' is 'colour'
+        except InputError:
+            answers = ", ".join(loaded.model.answers)
+            raise CLIError(f"--answer {args.answer!r} is not one of {loaded.name}'s answers: {answers}") from None
     image, x, geometry, stem = load_input(args.image, args.scene, loaded.preprocess, device)
     options = {"answer": args.answer, "guided": not args.no_guided, "top": args.top}
     explanations = [explain_answer(loaded.model, x, args.question, **options)]
