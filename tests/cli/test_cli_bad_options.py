@@ -9,6 +9,7 @@ option of every command, so a new option needs a case here.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import subprocess
@@ -125,6 +126,7 @@ CAPTION = [
     ("caption --scene 0 --model hf:{dir} --weights {random} --out {out}", 2,
      "--weights applies to --model synthetic; hf:{dir} loads its weights from its folder"),
     ("caption --scene 0 --out {file}", 2, "--out {file} is a file; expected a folder to write the outputs in"),
+    ("caption --scene 0 --out {file}/sub", 2, "--out {file}/sub cannot be made: {file} is a file, not a folder"),
     ("caption --scene 0 --alpha 2 --out {out}", 2, "--alpha must be in [0, 1]; got 2.0"),
     ("caption --scene 0 --alpha nan --out {out}", 2, "--alpha must be in [0, 1]; got nan"),
     ("caption --scene 0 --colormap nope --out {out}", 2,
@@ -341,6 +343,20 @@ def test_the_sweep_covers_every_option_that_takes_a_value() -> None:
         words = argv.split()
         covered.update((words[0], word) for word in words[1:] if word.startswith("--"))
     assert _options_taking_values() - covered == set()
+
+
+def test_a_write_that_fails_while_working_exits_1(files, tmp_path, monkeypatch, capsys) -> None:
+    import gradcam.imaging.io as image_io
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(image_io, "save_png_atomic", full_disk)
+    code, _, err = run(["caption", "--scene", "0", "--no-guided", "--out", str(tmp_path)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [
+        f"gradcam caption: error: [Errno 28] No space left on device: '{tmp_path / 'scene0.png'}'"
+    ]
 
 
 def test_vqa_answer_names_are_matched_ignoring_case(files, capsys) -> None:

@@ -42,9 +42,13 @@ def check_file(path: str | None, option: str) -> None:
 
 
 def check_out_folder(path: str, option: str = "--out") -> None:
-    """CLIError when the output folder ``path`` exists as something other than a folder."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """CLIError when the output folder ``path`` is a file, or cannot be made because a parent is a file."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
         raise CLIError(f"{option} {path} is a file; expected a folder to write the outputs in")
+    parent = next((p for p in folder.parents if p.exists()), None)
+    if parent is not None and not folder.exists() and not parent.is_dir():
+        raise CLIError(f"{option} {path} cannot be made: {parent} is a file, not a folder")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
