@@ -1,8 +1,8 @@
 """The ``gradcam`` command line: argument parsing only; the library does the work.
 
 Each sub-command is a module in this package that defines ``COMMAND`` (its name), ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Modules are discovered, so a
-new command is one new file.
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code), and optionally ``EPILOG`` (shown
+after its options). Modules are discovered, so a new command is one new file.
 
 Errors take one path: :func:`main` prints ``gradcam COMMAND: error: MESSAGE`` (one line, no traceback)
 and returns the exit code. 2: the command line asks for something that cannot be done (a bad option
@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
+
+EXIT_CODES = "Exit codes: 0 done, 1 the work failed, 2 a bad command line (nothing done)."
 
 
 class _ParseError(Exception):
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradcam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _commands().items():
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        epilog = " ".join(part for part in (getattr(module, "EPILOG", ""), EXIT_CODES) if part)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=epilog)
         module.add_arguments(command)
         command.set_defaults(_run=module.run, _parser=command)
     return parser

@@ -26,10 +26,11 @@ from ._common import (
 )
 
 COMMAND = "evaluate"
-HELP = (
-    "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic). "
-    "Exit 1 when no method could be evaluated, or when a method named with --method could not be (the table of "
-    "the others is still written); methods of the default set that cannot be evaluated with the model are listed"
+HELP = "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic)"
+EPILOG = (
+    "Exit code 1 when no method could be evaluated, or when a method named with --method could not be (the table "
+    "of the others is still written); methods of the default set that cannot be evaluated with the model are "
+    "listed on stderr and do not change the exit code."
 )
 TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
 

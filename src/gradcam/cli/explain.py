@@ -46,10 +46,8 @@ from ._common import (
 )
 
 COMMAND = "explain"
-HELP = (
-    "explain the predictions of a model on image files, folders or globs (exit 1 when an image failed: the "
-    "others are written and a rerun resumes)"
-)
+HELP = "explain the predictions of a model on image files, folders or globs"
+EPILOG = "Exit code 1 when an image failed (the others are written, and a rerun resumes)."
 DEFAULT_METHODS = ("gradcam", "guided-backprop", "guided-gradcam", "counterfactual")
 
 

@@ -12,10 +12,8 @@ from ..layers import choose_layer, probe_layers
 from ._common import RunError, load_or_exit
 
 COMMAND = "layers"
-HELP = (
-    "list a model's candidate Grad-CAM layers with their output shapes (exit 1 when the model cannot be probed "
-    "with a 1x3xSxS image or has no candidate layer)"
-)
+HELP = "list a model's candidate Grad-CAM layers with their output shapes"
+EPILOG = "Exit code 1 when the model's forward pass fails on the 1x3xSxS probe image, or it has no candidate layer."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
