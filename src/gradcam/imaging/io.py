@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import GradCAMError
 from .geometry import image_pixels
 
 logger = logging.getLogger("gradcam")
@@ -42,7 +43,7 @@ _EXIF_ORIENTATION = 0x0112
 _XMP_KEYS = ("xmp", "XML:com.adobe.xmp")  # where PIL keeps a JPEG's XMP packet (newer, older releases)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(GradCAMError):
     """An image file could not be read; ``path`` is the file, ``reason`` says why."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
