@@ -10,6 +10,8 @@ from .ablationcam import AblationCAM
 from .base import Explainer, LayerMethod, MapContext
 from .cam import CAM
 from .eigencam import EigenCAM
+from .eigengradcam import EigenGradCAM
+from .elementwise import GradCAMElementWise
 from .fusion import MultiLayerCAM
 from .gradcam import GradCAM
 from .gradcam_pp import GradCAMPlusPlus
@@ -58,6 +60,14 @@ METHODS = MappingProxyType(
         "eigencam": MethodSpec(
             EigenCAM, "Eigen-CAM", summary="Eigen-CAM: first principal component of A (class-agnostic)"
         ),
+        "eigengradcam": MethodSpec(
+            EigenGradCAM, "Eigen-Grad-CAM", summary="Eigen-Grad-CAM: first principal component of g * A"
+        ),
+        "gradcam-elementwise": MethodSpec(
+            GradCAMElementWise,
+            "Element-wise Grad-CAM",
+            summary="Element-wise Grad-CAM: ReLU(sum_k ReLU(g_k * A_k))",
+        ),
         "scorecam": MethodSpec(
             ScoreCAM, "Score-CAM", summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"
         ),
@@ -104,8 +114,10 @@ __all__ = [
     "METHODS",
     "AblationCAM",
     "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",

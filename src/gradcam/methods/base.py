@@ -253,6 +253,16 @@ class LayerMethod(Explainer):
         """The channel weights alpha, (B, k, K)."""
         raise NotImplementedError
 
+    def channel_terms(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        """The map's summands, (B, k, K, *S): ``combine`` is ``ReLU`` of their sum over K.
+
+        ``alpha_k F_k`` here; element-wise methods (HiResCAM's ``g_k A_k``, ...) override it together
+        with ``combine``. Eigen smoothing (:class:`gradcam.smoothing.EigenSmooth`) projects them on their
+        first principal component instead of summing them.
+        """
+        features = context.activations if context.features is None else context.features
+        return weights[(..., *[None] * len(context.axes))] * features.unsqueeze(1)
+
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, *S); F is A unless a method says otherwise."""
         features = context.activations if context.features is None else context.features
