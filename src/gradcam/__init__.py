@@ -10,6 +10,7 @@ Quick start::
 
 from __future__ import annotations
 
+from . import smoothing
 from .errors import GradCAMError, InputError, LayerError, MethodError, TargetError
 from .explanation import Explanation
 from .methods import (
@@ -31,6 +32,7 @@ from .methods import (
     MultiLayerCAM,
     ScoreCAM,
     SmoothGrad,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
     available_methods,
     create_explainer,
@@ -63,10 +65,12 @@ __all__ = [
     "MultiLayerCAM",
     "ScoreCAM",
     "SmoothGrad",
+    "SmoothGradCAMPlusPlus",
     "TargetError",
     "TopK",
     "XGradCAM",
     "__version__",
     "available_methods",
     "create_explainer",
+    "smoothing",
 ]

@@ -20,6 +20,7 @@ from .hirescam import HiResCAM
 from .input_gradients import InputGradient, IntegratedGradients, SmoothGrad
 from .layercam import LayerCAM
 from .scorecam import ScoreCAM
+from .smooth_gradcam_pp import SmoothGradCAMPlusPlus
 from .xgradcam import XGradCAM
 
 
@@ -51,6 +52,11 @@ METHODS = MappingProxyType(
         "guided-gradcam": MethodSpec(GuidedGradCAM, "Guided Grad-CAM", summary="Guided Backprop x upsampled Grad-CAM"),
         "gradcam++": MethodSpec(
             GradCAMPlusPlus, "Grad-CAM++", summary="Grad-CAM++: alpha = sum_ij g^2/(2g^2 + sum A g^3) ReLU(g)"
+        ),
+        "smoothgradcam++": MethodSpec(
+            SmoothGradCAMPlusPlus,
+            "Smooth Grad-CAM++",
+            summary="Smooth Grad-CAM++: Grad-CAM++ of the derivatives averaged over noisy copies of x",
         ),
         "hirescam": MethodSpec(HiResCAM, "HiResCAM", summary="HiResCAM: ReLU(sum_k g_k * A_k), element-wise"),
         "xgradcam": MethodSpec(XGradCAM, "XGrad-CAM", summary="XGrad-CAM: alpha = sum_ij (A/sum A) g"),
@@ -131,6 +137,7 @@ __all__ = [
     "MultiLayerCAM",
     "ScoreCAM",
     "SmoothGrad",
+    "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "available_methods",
     "create_explainer",

@@ -203,6 +203,8 @@ class MapContext:
     inputs: torch.Tensor  # x, (B, C, H, W)
     rescore: Callable[[torch.Tensor, int], torch.Tensor]  # (inputs (N,C,H,W) of image b, b) -> (N, k) scores
     features: torch.Tensor | None = None  # what the map sums over; defaults to activations
+    request: Target = None  # the target as the caller gave it (methods that run passes of their own)
+    forward_kwargs: Mapping[str, Any] | None = None  # the call's forward kwargs, for the same reason
 
     @property
     def axes(self) -> tuple[int, ...]:
@@ -361,6 +363,8 @@ class LayerMethod(Explainer):
                     sign,
                     x,
                     self._rescorer(x, target, resolved, forward_kwargs),
+                    request=target,
+                    forward_kwargs=forward_kwargs,
                 )
                 weights = self.channel_weights(context)
                 raw = self.combine(weights, context)

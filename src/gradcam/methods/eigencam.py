@@ -62,7 +62,13 @@ def eigen_smoothed(cls: type[LayerMethod]) -> type[LayerMethod]:
         return torch.relu(self.channel_terms(weights, context).sum(dim=2))
 
     doc = f"{cls.__name__} with eigen smoothing: the first principal component of its channel terms."
-    namespace = {"channel_terms": channel_terms, "combine": combine, "__doc__": doc, "__module__": cls.__module__}
+    namespace = {
+        "channel_terms": channel_terms,
+        "combine": combine,
+        "name": f"{cls.name}+eigen-smooth",
+        "__doc__": doc,
+        "__module__": cls.__module__,
+    }
     smoothed = type(f"EigenSmooth{cls.__name__}", (cls,), namespace)
     return smoothed
 
