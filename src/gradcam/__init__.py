@@ -15,7 +15,9 @@ from .errors import GradCAMError, InputError, LayerError, MethodError, TargetErr
 from .explanation import Explanation
 from .methods import (
     CAM,
+    ISCAM,
     METHODS,
+    SSCAM,
     AblationCAM,
     EigenCAM,
     EigenGradCAM,
@@ -43,7 +45,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
+    "ISCAM",
     "METHODS",
+    "SSCAM",
     "AblationCAM",
     "EigenCAM",
     "EigenGradCAM",

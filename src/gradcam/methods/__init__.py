@@ -18,9 +18,11 @@ from .gradcam_pp import GradCAMPlusPlus
 from .guided import GuidedBackprop, GuidedGradCAM
 from .hirescam import HiResCAM
 from .input_gradients import InputGradient, IntegratedGradients, SmoothGrad
+from .iscam import ISCAM
 from .layercam import LayerCAM
 from .scorecam import ScoreCAM
 from .smooth_gradcam_pp import SmoothGradCAMPlusPlus
+from .sscam import SSCAM
 from .xgradcam import XGradCAM
 
 
@@ -77,6 +79,12 @@ METHODS = MappingProxyType(
         "scorecam": MethodSpec(
             ScoreCAM, "Score-CAM", summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"
         ),
+        "sscam": MethodSpec(
+            SSCAM, "SS-CAM", summary="SS-CAM: Score-CAM with scores averaged over masks + N(0, std^2) noise"
+        ),
+        "iscam": MethodSpec(
+            ISCAM, "IS-CAM", summary="IS-CAM: Score-CAM with scores averaged over scaled masks c_i x * M_k"
+        ),
         "ablationcam": MethodSpec(
             AblationCAM, "Ablation-CAM", summary="Ablation-CAM: alpha = (y - y with channel k zeroed) / y"
         ),
@@ -117,7 +125,9 @@ def create_explainer(name: str, model: Any, layer: Any = None, **options: Any) -
 
 __all__ = [
     "CAM",
+    "ISCAM",
     "METHODS",
+    "SSCAM",
     "AblationCAM",
     "EigenCAM",
     "EigenGradCAM",
