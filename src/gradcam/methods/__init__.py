@@ -12,6 +12,7 @@ from .cam import CAM
 from .eigencam import EigenCAM
 from .eigengradcam import EigenGradCAM
 from .elementwise import GradCAMElementWise
+from .finercam import FinerCAM
 from .fusion import MultiLayerCAM
 from .gradcam import GradCAM
 from .gradcam_pp import GradCAMPlusPlus
@@ -88,6 +89,11 @@ METHODS = MappingProxyType(
         "ablationcam": MethodSpec(
             AblationCAM, "Ablation-CAM", summary="Ablation-CAM: alpha = (y - y with channel k zeroed) / y"
         ),
+        "finercam": MethodSpec(
+            FinerCAM,
+            "Finer-CAM",
+            summary="Finer-CAM: Grad-CAM of y_c - alpha sum_j w_j y_j over the most similar classes j",
+        ),
         "multilayer": MethodSpec(
             MultiLayerCAM,
             "Multi-layer CAM",
@@ -132,6 +138,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "Explainer",
+    "FinerCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
