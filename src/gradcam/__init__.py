@@ -16,6 +16,7 @@ from .explanation import Explanation
 from .methods import (
     CAM,
     ISCAM,
+    KPCACAM,
     METHODS,
     SSCAM,
     AblationCAM,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CAM",
     "ISCAM",
+    "KPCACAM",
     "METHODS",
     "SSCAM",
     "AblationCAM",

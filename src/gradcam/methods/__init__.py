@@ -20,6 +20,7 @@ from .guided import GuidedBackprop, GuidedGradCAM
 from .hirescam import HiResCAM
 from .input_gradients import InputGradient, IntegratedGradients, SmoothGrad
 from .iscam import ISCAM
+from .kpcacam import KPCACAM
 from .layercam import LayerCAM
 from .scorecam import ScoreCAM
 from .smooth_gradcam_pp import SmoothGradCAMPlusPlus
@@ -77,6 +78,9 @@ METHODS = MappingProxyType(
             "Element-wise Grad-CAM",
             summary="Element-wise Grad-CAM: ReLU(sum_k ReLU(g_k * A_k))",
         ),
+        "kpcacam": MethodSpec(
+            KPCACAM, "KPCA-CAM", summary="KPCA-CAM: first kernel principal component of A (class-agnostic)"
+        ),
         "scorecam": MethodSpec(
             ScoreCAM, "Score-CAM", summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"
         ),
@@ -132,6 +136,7 @@ def create_explainer(name: str, model: Any, layer: Any = None, **options: Any) -
 __all__ = [
     "CAM",
     "ISCAM",
+    "KPCACAM",
     "METHODS",
     "SSCAM",
     "AblationCAM",

@@ -251,8 +251,8 @@ class LayerMethod(Explainer):
         """The layer in use (None until the first call when it is chosen automatically)."""
         return None if self._layer is None else self._layer[0]
 
-    def channel_weights(self, context: MapContext) -> torch.Tensor:
-        """The channel weights alpha, (B, k, K)."""
+    def channel_weights(self, context: MapContext) -> torch.Tensor | None:
+        """The channel weights alpha, (B, k, K); None for a method whose ``combine`` has no channel weights."""
         raise NotImplementedError
 
     def channel_terms(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
@@ -377,7 +377,7 @@ class LayerMethod(Explainer):
             raw=finish(raw, multi),
             scores=finish(resolved.scores.detach(), multi),
             method=self.name,
-            weights=finish(weights, multi),
+            weights=None if weights is None else finish(weights, multi),
             classes=None if resolved.classes is None else finish(resolved.classes, multi),
             layer=name,
             counterfactual=counterfactual,
