@@ -39,7 +39,7 @@ def test_k_targets_and_batches_equal_single_calls(gap_net, cls):
 def test_every_new_method_is_registered():
     names = {"gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam", "multilayer"}
     names |= {"gradient", "smoothgrad", "integrated-gradients", "eigengradcam", "gradcam-elementwise"}
-    names |= {"smoothgradcam++", "sscam", "iscam", "finercam", "kpcacam"}
+    names |= {"smoothgradcam++", "sscam", "iscam", "finercam", "kpcacam", "fullgrad"}
     assert names <= set(gradcam.METHODS)
     for name in names:
         assert gradcam.METHODS[name].cls.name == name

@@ -13,6 +13,7 @@ from .eigencam import EigenCAM
 from .eigengradcam import EigenGradCAM
 from .elementwise import GradCAMElementWise
 from .finercam import FinerCAM
+from .fullgrad import FullGrad
 from .fusion import MultiLayerCAM
 from .gradcam import GradCAM
 from .gradcam_pp import GradCAMPlusPlus
@@ -103,6 +104,12 @@ METHODS = MappingProxyType(
             "Multi-layer CAM",
             summary="LayerCAM (or another method) on several layers, normalised maps averaged",
         ),
+        "fullgrad": MethodSpec(
+            FullGrad,
+            "FullGrad",
+            uses_layer=False,
+            summary="FullGrad: |dy/dx x| + sum over every bias layer of |dy/dz b|, channel maps normalised",
+        ),
         "gradient": MethodSpec(InputGradient, "Input gradient", uses_layer=False, summary="Input gradient dy/dx"),
         "smoothgrad": MethodSpec(
             SmoothGrad, "SmoothGrad", uses_layer=False, summary="SmoothGrad: dy/dx averaged over noisy x"
@@ -144,6 +151,7 @@ __all__ = [
     "EigenGradCAM",
     "Explainer",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
