@@ -14,7 +14,8 @@ The averaging wrappers resolve the explained classes once, on the unmodified bat
 classes in every variant (a top-1 target does not change class from one flip or noise draw to the
 next); callable targets are applied to each variant's output as they are. ``raw`` is the mean of the
 variants' heatmaps after each is mapped back onto the input's grid (each variant counts the same, as
-in pytorch-grad-cam), ``heatmap`` its min-max normalisation; ``weights`` is None.
+in pytorch-grad-cam), ``heatmap`` its min-max normalisation (input-space attributions, (B, C, H, W),
+are averaged and left signed: ``NoiseSmooth(InputGradient(model))`` is SmoothGrad); ``weights`` is None.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class _MapAverage(Explainer):
             count, first = count + 1, e if first is None else first
         raw = total / count
         multi = resolved.multi
+        # class-activation maps (B, k, *S) are normalised; input-space attributions (B, k, C, *S) stay signed
+        heatmap = normalize(raw, x.dim() - 2) if raw.dim() == x.dim() else raw
         return Explanation(
-            heatmap=finish(normalize(raw, x.dim() - 2), multi),
+            heatmap=finish(heatmap, multi),
             raw=finish(raw, multi),
             scores=finish(resolved.scores.detach(), multi),
             method=self.name,

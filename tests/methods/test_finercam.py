@@ -22,18 +22,31 @@ def test_one_compared_class_gives_the_difference_of_grad_cams():
     torch.testing.assert_close(plain.raw, gradcam.GradCAM(GridNet(), "features")(grid_input(), 0).raw)
 
 
+class ChannelMeans(torch.nn.Module):
+    """x (B, 5, H, W) -> layer = x (1x1 identity conv) -> logits = channel means: the logits are chosen by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(5, 5, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.eye(5).view(5, 5, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
 def test_compared_classes_are_the_closest_logits_and_weights_are_renormalised():
-    logits = torch.tensor([[5.0, 1.0, 4.5, 9.0, 5.2]], requires_grad=True)
+    logits = torch.tensor([5.0, 1.0, 4.5, 9.0, 5.2])
+    x = logits.view(1, 5, 1, 1).expand(1, 5, 2, 2).clone()
     # class 0 (5.0): distances 4, 0.5, 4, 0.2 -> ranks 1, 2 are classes 4 (5.2) and 2 (4.5)
-    e = gradcam.FinerCAM(torch.nn.Identity(), comparison=(1, 2))
-    assert e.comparison == (1, 2)
-    target = FinerTarget(torch.tensor([[0]]), torch.tensor([[[4, 2]]]), 1.0)
+    e = gradcam.FinerCAM(ChannelMeans(), "features", comparison=(1, 2))(x, 0)
     w = torch.softmax(torch.tensor([5.2, 4.5]), 0)
-    expected = w[0] * (5.0 - 5.2) + w[1] * (5.0 - 4.5)
-    torch.testing.assert_close(target(logits)[0, 0], expected)
-    # pytorch-grad-cam's form sum p_j (y_c - y_j) / sum p_j with p the softmax over all classes: the same
-    p = torch.softmax(logits.detach(), 1)[0]
-    torch.testing.assert_close(target(logits)[0, 0], (p[4] * -0.2 + p[2] * 0.5) / (p[4] + p[2]))
+    torch.testing.assert_close(e.scores, (w[0] * (5.0 - 5.2) + w[1] * (5.0 - 4.5)).view(1))
+    # pytorch-grad-cam's form sum p_j (y_c - y_j) / sum p_j with p the softmax over all classes: the same value
+    p = torch.softmax(logits, 0)
+    torch.testing.assert_close(e.scores, ((p[4] * -0.2 + p[2] * 0.5) / (p[4] + p[2])).view(1))
+    target = FinerTarget(torch.tensor([[0]]), torch.tensor([[[4, 2]]]), 1.0)
+    torch.testing.assert_close(target(logits[None]), e.scores.view(1, 1))
 
 
 @pytest.mark.parametrize("layer", ["layer4", "layer3"])

@@ -173,3 +173,12 @@ def test_wrappers_leave_the_model_as_found_on_every_rank(wrapper, rank):
     with torch.inference_mode():
         again = WRAPPERS[wrapper](model)(x.clone(), [1, 2])
     torch.testing.assert_close(again.heatmap, e.heatmap)
+
+
+def test_noise_smoothing_the_input_gradient_is_smoothgrad(gap_net):
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 8, 8)
+    composed = NoiseSmooth(gradcam.InputGradient(gap_net), samples=4, noise=0.15, seed=1)(x, [0, 2])
+    smoothgrad = gradcam.SmoothGrad(gap_net, samples=4, noise=0.15, seed=1)(x, [0, 2])
+    assert composed.heatmap.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(composed.heatmap, smoothgrad.heatmap, rtol=1e-5, atol=1e-7)
