@@ -35,7 +35,8 @@ def test_matches_the_definition_with_float64_autograd(gap_net):
     expected = sum(minmax(F.interpolate(t, size=(8, 8), mode="bilinear")).sum(1) for t in terms).detach()
     e = gradcam.FullGrad(gap_net)(x.detach().float(), [1, 3])
     assert e.layer == "body.0+body.1+body.3"
-    torch.testing.assert_close(e.raw, expected.float(), rtol=1e-4, atol=1e-4)
+    # float32 against float64: every normalised channel map is within ~1e-7, their sum of 20 within 1e-6
+    torch.testing.assert_close(e.raw, expected.float(), rtol=1e-5, atol=1e-5)
     assert e.heatmap.amax() == 1 and e.weights is None
 
 

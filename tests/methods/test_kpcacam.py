@@ -44,7 +44,7 @@ def test_agrees_with_scikit_learn_kernel_pca(kernel):
         sign = 1.0 if float((theirs[b] * (mean_map[b] - mean_map[b].mean())).sum()) >= 0 else -1.0
         expected = torch.relu(sign * theirs[b])
         assert expected.max() > 0
-        torch.testing.assert_close(ours.raw[b], expected, rtol=1e-4, atol=1e-5 * float(theirs[b].abs().max()))
+        torch.testing.assert_close(ours.raw[b], expected, rtol=1e-5, atol=1e-5 * float(theirs[b].abs().max()))
 
 
 def test_class_agnostic_without_counterfactual_or_channel_terms(gap_net):
