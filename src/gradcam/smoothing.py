@@ -114,7 +114,10 @@ class AugSmooth(_MapAverage):
     each heatmap is mapped back through the exact inverse geometry (mirrored back, resized back to x's
     size) before the average. The defaults are pytorch-grad-cam's ``aug_smooth=True`` (ttach's
     ``HorizontalFlip`` x ``Multiply([0.9, 1, 1.1])``, no scaling), whose result this ``raw`` equals;
-    ``scales=(0.75, 1.0, 1.25)`` adds multi-scale smoothing.
+    ``scales=(0.75, 1.0, 1.25)`` adds multi-scale smoothing (for models that accept other input sizes;
+    a token layer's ``reshape`` must then be a callable that handles every grid, not one inferred once).
+    Callable targets with spatial state (boxes, masks) are applied to the flipped / resized outputs as
+    they are: give class indices, or targets that do not depend on geometry.
     """
 
     suffix = "aug-smooth"

@@ -182,3 +182,11 @@ def test_noise_smoothing_the_input_gradient_is_smoothgrad(gap_net):
     smoothgrad = gradcam.SmoothGrad(gap_net, samples=4, noise=0.15, seed=1)(x, [0, 2])
     assert composed.heatmap.shape == (2, 3, 8, 8)
     torch.testing.assert_close(composed.heatmap, smoothgrad.heatmap, rtol=1e-5, atol=1e-7)
+
+
+def test_an_eigen_smoothed_class_composes_with_multi_layer_fusion(gap_net):
+    # eigen_smoothed(GradCAM) is an ordinary LayerMethod class: MultiLayerCAM runs it on each layer
+    x = torch.randn(2, 3, 8, 8)
+    fused = gradcam.MultiLayerCAM(gap_net, ["body", "act"], method=eigen_smoothed(gradcam.GradCAM))(x, [1, 2])
+    maps = [EigenSmooth(gradcam.GradCAM(gap_net, layer))(x, [1, 2]).heatmap for layer in ("body", "act")]
+    torch.testing.assert_close(fused.raw, (maps[0] + maps[1]) / 2)
