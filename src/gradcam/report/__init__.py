@@ -283,7 +283,9 @@ def _common_folder(names: list[str]) -> str:
         common = os.path.commonpath(folders)
     except ValueError:  # absolute and relative names mixed
         return ""
-    return common.rstrip(os.sep) + os.sep if common else ""
+    if not common or common == os.path.dirname(common):  # nothing shared, or only the filesystem's root
+        return ""
+    return common.rstrip(os.sep) + os.sep
 
 
 # ------------------------------------------------------------------------------------------ evaluation
