@@ -7,15 +7,17 @@ import os
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from gradcam.assets import sample_path
 from gradcam.cli import main
 from gradcam.imaging.draw import colormap
 from gradcam.report import THUMBNAIL_SIZE, curves_svg, embed_json, metric_table, write_html_report
-from report.report_support import NASTY_LABEL, fake_run
+from report.report_support import NASTY_LABEL, copy_run, fake_run
 
 DATA_RE = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
 
@@ -148,3 +150,38 @@ def test_cli_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().err.strip() == (
         f"gradcam report: error: {a_file} is a file; expected the --out folder of gradcam explain or gradcam evaluate"
     )
+
+
+def test_explain_html_writes_the_page_even_when_an_item_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    out = tmp_path / "out"
+    args = ["explain", str(sample_path("coffee")), str(broken), "--method", "gradcam", "--outputs", "heatmap",
+            "--out", str(out), "--quiet", "--html"]  # fmt: skip
+    assert main(args) == 1  # the failed item's exit code, after the page is written
+    assert f"report: {out / 'report.html'} (1 images, 1 failed;" in capsys.readouterr().out
+    data = page_data((out / "report.html").read_text())
+    assert [Path(item["n"]).name for item in data["items"]] == ["coffee.jpg"]
+    assert [Path(f["n"]).name for f in data["failed"]] == ["broken.jpg"] and data["failed"][0]["e"]
+    assert data["items"][0]["o"][0][3] is not None  # the map's thumbnail from heatmap-only outputs
+
+
+def test_evaluate_html_writes_the_page_after_the_tables(
+    evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``evaluate --html``: the page from the files write_report wrote (the evaluation itself faked: minutes)."""
+    import gradcam.evaluation as evaluation
+    import gradcam.evaluation.report as tables
+
+    out = tmp_path / "run"
+    result = SimpleNamespace(methods=[], evaluated_images=8, reused_images=0)
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: result)
+    monkeypatch.setattr(tables, "write_report", lambda result, folder, plots: {"x": copy_run(evaluated, Path(folder))})
+    monkeypatch.setattr(tables, "describe", lambda result: "described")
+    monkeypatch.setattr(tables, "format_table", lambda result: "table")
+    assert main(["evaluate", "all", "--synthetic", "--images", "1", "--out", str(out), "--quiet", "--html"]) == 0
+    assert f"report: {out / 'report.html'} (evaluation tables, curves and examples)" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert "<td>62.5</td>" in page and "<svg" in page and 'src="examples/gradcam.png"' in page

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:  # before the exit code of failed items: the page lists them
         from .report import write_html
 
-        write_html(out, args.quiet)
+        write_html(out)
     if summary.failed:
         others = "; the others are written" if summary.failed < len(paths) else ""
         raise RunError(f"{summary.failed} of {len(paths)} images failed (the lines above say why){others}")

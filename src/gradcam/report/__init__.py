@@ -87,11 +87,17 @@ def _resolve(out: Path, value: Any) -> Path | None:
 
 
 def _key(path: Path) -> str:
-    return hashlib.sha1(str(path).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return hashlib.sha1(str(path).encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _short(value: Any) -> float | None:
+    """A finite number to 4 significant digits (what the page shows; keeps 10,000 items' JSON small)."""
+    number = _finite(value)
+    return None if number is None else float(f"{number:.4g}")
 
 
 # ------------------------------------------------------------------------------------------ thumbnails
@@ -216,7 +222,7 @@ def _explain_data(out: Path, manifest: Any, threads: int) -> tuple[dict[str, Any
         if source is not None:
             photo = photos.setdefault(source, _Job("photo", source, files / f"{_key(source)}.jpg"))
         predictions = [
-            [label_index(p.get("label", p.get("index"))), _finite(p.get("probability"))]
+            [label_index(p.get("label", p.get("index"))), _short(p.get("probability"))]
             for p in entry.get("predictions") or []
             if isinstance(p, dict)
         ]
@@ -232,20 +238,17 @@ def _explain_data(out: Path, manifest: Any, threads: int) -> tuple[dict[str, Any
             if label is None and output.get("target") is not None:
                 label = f"class {output.get('target')}"
             outputs.append((method_index(str(output.get("method", "?"))), label_index(label),
-                            _finite(output.get("score")), map_job))  # fmt: skip
-        size = entry.get("size")
+                            _short(output.get("score")), map_job))  # fmt: skip
         items.append({"n": str(entry.get("input", "?")), "p": predictions})
-        records.append((photo, outputs, size if isinstance(size, list) else None))
+        records.append((photo, outputs))
     _run_jobs(photos.values(), threads)
     _run_jobs(maps.values(), threads)
-    for item, (photo, outputs, size) in zip(items, records):
+    for item, (photo, outputs) in zip(items, records):
         if photo is not None and photo.ok:
             item["k"] = photo.thumb.stem
             item["w"], item["h"] = photo.size
         elif photo is not None:
             item["x"] = photo.error
-        if size:
-            item["s"] = size
         item["o"] = [
             [m, label, score, job.thumb.stem if job is not None and job.ok else None]
             for m, label, score, job in outputs
