@@ -85,6 +85,16 @@ def test_rerun_reuses_thumbnails_newer_than_their_sources(tmp_path: Path) -> Non
     changed = [p for p in thumbs if p.stat().st_mtime_ns != old[p]]
     key = page_data((out / "report.html").read_text())["items"][1]["o"][0][3]
     assert changed == [out / "report_files" / f"{key}.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["items"][1]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "report_files" / "notes.txt").write_text("kept")
+    write_html_report(out)  # the thumbnails of items gone are removed, nothing else
+    assert sorted(p.name for p in (out / "report_files").iterdir()) == sorted(
+        [f"{item['k']}.jpg" for item in page_data((out / "report.html").read_text())["items"]]
+        + [f"{item['o'][0][3]}.png" for item in page_data((out / "report.html").read_text())["items"]]
+        + ["notes.txt"]
+    )
 
 
 def test_unreadable_photo_or_map_is_left_out_not_fatal(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 writes ``OUT/report.html``: one file, no server and no network (it works from ``file://``). Images are
 referenced relatively: small thumbnails under ``OUT/report_files/`` (the photo, max side
 :data:`THUMBNAIL_SIZE`, JPEG; per output the map coloured with jet at the same size, PNG, shown over the
-photo with an opacity slider). A rerun reuses the thumbnails that are newer than their sources. The
+photo with an opacity slider). A rerun reuses the thumbnails that are newer than their sources and removes
+those no longer shown. The
 explain data is embedded as JSON (:func:`embed_json`) and rendered by a small vanilla-JS script, 48
 items per page; the evaluation parts (metric table, deletion/insertion curves as inline SVG, best/worst
 examples) are static HTML.
@@ -17,6 +18,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ THUMBNAIL_SIZE = 256
 #: The folder, under OUT, holding the thumbnails.
 FILES_FOLDER = "report_files"
 JPEG_QUALITY = 85
+_THUMB_NAME = re.compile(r"[0-9a-f]{12}\.(?:jpg|png)")
 #: At most this many points per curve in the SVG (evenly picked, the last one kept).
 CURVE_POINTS = 101
 
@@ -189,6 +192,13 @@ def _run_jobs(jobs: Iterable[_Job], threads: int) -> None:
         return
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(_run_job, jobs, chunksize=16))
+
+
+def _remove_stale(folder: Path, used: set[str]) -> None:
+    """Delete the thumbnails of ``folder`` (our names only: 12 hex digits) that the page no longer shows."""
+    for path in folder.glob("*"):
+        if path.name not in used and _THUMB_NAME.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ explain data
@@ -471,6 +481,8 @@ def write_html_report(
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    if data is not None:
+        _remove_stale(out / FILES_FOLDER, {job.thumb.name for job in jobs})
     made = sum(job.made for job in jobs)
     return ReportSummary(
         path=path,
