@@ -5,10 +5,9 @@ writes ``OUT/report.html``: one file, no server and no network (it works from ``
 referenced relatively: small thumbnails under ``OUT/report_files/`` (the photo, max side
 :data:`THUMBNAIL_SIZE`, JPEG; per output the map coloured with jet at the same size, PNG, shown over the
 photo with an opacity slider). A rerun reuses the thumbnails that are newer than their sources and removes
-those no longer shown. The
-explain data is embedded as JSON (:func:`embed_json`) and rendered by a small vanilla-JS script, 48
-items per page; the evaluation parts (metric table, deletion/insertion curves as inline SVG, best/worst
-examples) are static HTML.
+those no longer shown. The explain data is embedded as JSON (:func:`embed_json`) and rendered by a small
+vanilla-JS script, 48 items per page; the evaluation parts (metric table, deletion/insertion curves as
+inline SVG, best/worst examples) are static HTML.
 """
 
 from __future__ import annotations
