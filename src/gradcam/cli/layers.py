@@ -1,4 +1,8 @@
-"""``gradcam layers MODEL``: the candidate layers, their output shapes and the automatic choice."""
+"""``gradcam layers MODEL``: the candidate layers, their output shapes and the automatic choice.
+
+The automatic choice is :func:`gradcam.layers.auto_layer`, the function the explainers (and so
+``gradcam explain``) use when no layer is given.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import torch
 
 from ..capture import model_guard
-from ..layers import choose_layer, probe_layers
+from ..layers import auto_layer
 from ._common import load_or_exit
 
 COMMAND = "layers"
@@ -25,19 +29,23 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_or_exit(argparse.Namespace(model=args.model, weights=args.weights, labels=args.labels))
     size = loaded.preprocess.input_size
     with model_guard(loaded.model):
-        infos = probe_layers(loaded.model, torch.zeros(1, 3, size, size))
-    auto = choose_layer(infos, loaded.model)
+        choice = auto_layer(loaded.model, torch.zeros(1, 3, size, size))
+    auto = choice.name
+    used = loaded.default_layer or auto
     seen = set()
     print(f"{loaded.name}: output shapes for a 1x3x{size}x{size} input, in the order modules finish")
-    for info in infos:
-        if info.name in seen or not (args.all or info.candidate):
+    for info in choice.infos:
+        if info.name in seen or not (args.all or info.candidate or info.name in (auto, used)):
             continue
         seen.add(info.name)
         marks = []
         if info.name == auto:
-            marks.append("<- automatic choice")
+            marks.append(f"<- automatic choice ({choice.rule})")
         if info.name == loaded.default_layer:
             marks.append("<- model default")
-        shape = "x".join(str(d) for d in info.shape)
+        shape = "x".join(str(d) for d in (1, *info.shape[1:]))
         print(f"  {info.name:<40} {info.kind:<24} {shape:<18} {' '.join(marks)}")
+    if choice.reshape is not None:
+        print(f"automatic choice '{auto}' is re-indexed to a grid by {choice.reshape}")
+    print(f"gradcam explain uses '{used}' unless --layer is given")
     return 0

@@ -24,7 +24,7 @@ from torch import nn
 from ..capture import capture_layer, model_guard
 from ..errors import InputError, LayerError
 from ..explanation import Explanation
-from ..layers import choose_layer, probe_layers, resolve_layer
+from ..layers import auto_layer, call_model, resolve_layer
 from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
 
 logger = logging.getLogger("gradcam")
@@ -103,12 +103,9 @@ def no_autocast(x: torch.Tensor):
 
 
 def run_model(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> Any:
-    """The forward pass ``model(x, **forward_kwargs)``, with torch's failures re-raised naming the input."""
-    try:
-        return model(x, **(forward_kwargs or {}))
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"the model's forward pass failed on x of shape {tuple(x.shape)}: {first}") from error
+    """The forward pass ``model(x, **forward_kwargs)``; any failure becomes :class:`InputError` naming the input,
+    the model's message and, where recognisable, the fix (see :func:`gradcam.layers.call_model`)."""
+    return call_model(model, x, forward_kwargs)
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -266,20 +263,28 @@ class LayerMethod(Explainer):
     def _as_grid(self, captured: torch.Tensor, name: str, batch: int) -> torch.Tensor:
         """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given)."""
         grid = captured if self.reshape is None else self.reshape(captured)
+        via = "" if self.reshape is None else " after reshape"
         if grid.dim() != 4 or grid.shape[0] != batch:
-            via = "" if self.reshape is None else " after reshape"
             raise LayerError(
                 f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs "
                 f"a (B, K, u, v) feature map with B={batch} (token layers need reshape=...)"
             )
+        if grid.shape[2] * grid.shape[3] == 1:
+            raise LayerError(
+                f"layer '{name}' outputs a 1x1 map {tuple(grid.shape)}{via}: its spatial dims are pooled away, so "
+                "a map there is one number per image (min-max normalising it shows rounding noise); choose a layer "
+                "before the pooling, or pass layer=None for the automatic choice"
+            )
         return grid
 
     def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
-        kwargs = kwargs_for_image(forward_kwargs, 0, x.shape[0], 1)
         if self._layer is None:
-            name = choose_layer(probe_layers(self.model, x[:1], kwargs), self.model)
-            self._layer = resolve_layer(self.model, name)
-            logger.info("gradcam: layer chosen automatically: %s", name)
+            choice = auto_layer(self.model, x, forward_kwargs)
+            self._layer = resolve_layer(self.model, choice.name)
+            if self.reshape is None and choice.reshape is not None:
+                self.reshape = choice.reshape
+            logger.info("gradcam: layer chosen automatically (%s): %s, reshape %s", choice.rule, choice.name,
+                        choice.reshape)  # fmt: skip
         return self._layer
 
     def __call__(
@@ -318,6 +323,8 @@ class LayerMethod(Explainer):
                 heatmap = normalize(upsample(raw, tuple(x.shape[-2:])))
         if x.device.type != "cpu":
             require_finite(x)
+        if gradients is not None:  # after the work is queued: one sync on accelerators
+            warn_if_zero(gradients, name)
         multi = resolved.multi
         return Explanation(
             heatmap=finish(heatmap, multi),
@@ -378,6 +385,23 @@ def make_rescorer(
             return torch.softmax(scores.logits.float(), dim=1).gather(1, classes)
 
     return rescore
+
+
+def warn_if_zero(gradients: torch.Tensor, name: str) -> None:
+    """Log a WARNING when the target's gradient at the layer is identically zero for some image: its
+    map is then all zero because the target does not depend on that layer's values (e.g. a ViT's last
+    block output or final norm under a class-token classifier: only the class token reaches the head)."""
+    zero = gradients.flatten(2).abs().amax(-1) == 0  # (B, k)
+    if bool(zero.any()):
+        images = sorted({int(b) for b in zero.nonzero()[:, 0]})
+        logger.warning(
+            "gradcam: the target's gradient at layer '%s' is identically zero for image(s) %s, so the map is all "
+            "zero: the target does not depend on this layer's values (a class-token classifier reads only the "
+            "class token of the last block's output); choose an earlier layer, e.g. the last block's norm1, or "
+            "pass layer=None for the automatic choice",
+            name,
+            images[:8],
+        )
 
 
 def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) -> torch.Tensor:
