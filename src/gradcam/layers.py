@@ -123,7 +123,7 @@ def _probe(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
-            output = call_model(model, x, forward_kwargs)
+            output = call_model(model, x, forward_kwargs, "the layer probe")
     finally:
         for handle in handles:
             handle.remove()
@@ -288,22 +288,29 @@ def _detector_choice(model: nn.Module) -> LayerChoice | None:
     return None
 
 
-def call_model(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> Any:
+def call_model(
+    model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None, during: str | None = None
+) -> Any:
     """``model(x, **forward_kwargs)``; any failure of the forward becomes :class:`InputError` with the
-    model's message and, where recognisable, the fix (our own errors raised by hooks pass through)."""
+    model's message and, where recognisable, the fix (our own errors raised by hooks pass through).
+    ``during`` names the pass in the message (``"the layer probe"``)."""
     try:
         return model(x, **(forward_kwargs or {}))
     except GradCAMError:
         raise
     except Exception as error:
-        raise forward_error(model, x, error) from error
+        raise forward_error(model, x, error, during) from error
 
 
-def forward_error(model: nn.Module, x: torch.Tensor, error: BaseException) -> InputError:
+def forward_error(model: nn.Module, x: torch.Tensor, error: BaseException, during: str | None = None) -> InputError:
     """An :class:`InputError` for a failed forward pass: the model's first message line plus a hint."""
     text = str(error).strip()
     first = text.splitlines()[0] if text else type(error).__name__
-    message = f"the model's forward pass failed on x of shape {tuple(x.shape)} ({x.dtype}, {x.device}): {first}"
+    where = f" (in {during}, on image 0 of x)" if during else ""
+    message = (
+        f"the model's forward pass failed{where} on an input of shape {tuple(x.shape)} ({x.dtype}, {x.device}): "
+        f"{type(error).__name__}: {first}"
+    )
     hint = _forward_hint(model, x, text)
     return InputError(f"{message}; {hint}" if hint else message)
 
@@ -323,6 +330,11 @@ def _forward_hint(model: nn.Module, x: torch.Tensor, text: str) -> str:
         return f"x is {x.dtype} but the model's parameters are {floats[0].dtype}: pass x.to({floats[0].dtype})"
     if floats and floats[0].device != x.device:
         return f"x is on {x.device} but the model is on {floats[0].device}: pass x.to('{floats[0].device}')"
+    if type(model).__name__ == "KeywordImageInput" and ("input_ids" in text or "specify" in text):
+        return (
+            "the wrapped model needs its other inputs: pass forward_kwargs={'input_ids': ...} (and attention_mask), "
+            "or KeywordImageInput(model, method='get_image_features') to explain the image tower alone"
+        )
     try:
         first = next(iter(inspect.signature(model.forward).parameters), None)
     except (TypeError, ValueError):

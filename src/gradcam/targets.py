@@ -112,6 +112,8 @@ def class_indices(
             f"target of type {type(target).__name__} is not a class index, a sequence of class "
             "indices, a (B, k) tensor or a callable"
         ) from None
+    if indices.is_inference():  # made under torch.inference_mode(): autograd may not save it for backward
+        indices = indices.clone()
     if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
         raise TargetError(f"target class indices must be integers; got dtype {indices.dtype}")
     if indices.dim() == 0:

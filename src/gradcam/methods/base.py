@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import capture_layer, model_guard
-from ..errors import InputError, LayerError
+from ..errors import GradCAMError, InputError, LayerError
 from ..explanation import Explanation
 from ..layers import auto_layer, call_model, resolve_layer
 from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
@@ -260,8 +260,11 @@ class LayerMethod(Explainer):
         """A function scoring N modified copies of image b for the same targets, without gradients."""
         return make_rescorer(self.model, x, target, resolved, forward_kwargs, self.output)
 
-    def _as_grid(self, captured: torch.Tensor, name: str, batch: int) -> torch.Tensor:
-        """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given)."""
+    def _as_grid(
+        self, captured: torch.Tensor, name: str, batch: int, x: torch.Tensor | None = None, forward_kwargs: Any = None
+    ) -> torch.Tensor:
+        """The captured output as a (B, K, u, v) grid (through ``reshape`` when one is given); a 1x1 grid is a
+        :class:`LayerError` that names the automatic choice for ``x``."""
         grid = captured if self.reshape is None else self.reshape(captured)
         via = "" if self.reshape is None else " after reshape"
         if grid.dim() != 4 or grid.shape[0] != batch:
@@ -270,10 +273,14 @@ class LayerMethod(Explainer):
                 f"a (B, K, u, v) feature map with B={batch} (token layers need reshape=...)"
             )
         if grid.shape[2] * grid.shape[3] == 1:
+            suggestion = "layer=None for the automatic choice"
+            if x is not None:
+                with contextlib.suppress(GradCAMError):
+                    suggestion += f", here '{auto_layer(self.model, x, forward_kwargs).name}'"
             raise LayerError(
-                f"layer '{name}' outputs a 1x1 map {tuple(grid.shape)}{via}: its spatial dims are pooled away, so "
-                "a map there is one number per image (min-max normalising it shows rounding noise); choose a layer "
-                "before the pooling, or pass layer=None for the automatic choice"
+                f"layer '{name}' outputs a 1x1 map {tuple(grid.shape)}{via}: its spatial dims are pooled away, so a "
+                f"map there is one number per image (min-max normalising it shows rounding noise); pass {suggestion}, "
+                "or another layer before the pooling"
             )
         return grid
 
@@ -302,7 +309,7 @@ class LayerMethod(Explainer):
             with torch.enable_grad():
                 resolved = resolve_target(target, output, x.shape[0], self.output)
             sign = -1.0 if counterfactual else 1.0
-            activations = self._as_grid(captured, name, x.shape[0])
+            activations = self._as_grid(captured, name, x.shape[0], x, forward_kwargs)
             gradients = None
             if self.needs_gradients:
                 gradients = layer_gradients(sign * resolved.scores, captured, name)
