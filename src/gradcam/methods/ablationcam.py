@@ -79,8 +79,9 @@ class AblationCAM(LayerMethod):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape=None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
+        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape, **unknown)
         if reshape is not None:
             raise MethodError("Ablation-CAM ablates channels of a (B, K, u, v) layer output; reshape= is not supported")
         self.batch_size = check_batch_size(batch_size)

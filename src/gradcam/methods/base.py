@@ -25,7 +25,7 @@ from ..capture import capture_layer, model_guard
 from ..errors import GradCAMError, InputError, LayerError
 from ..explanation import Explanation
 from ..layers import auto_layer, call_model, resolve_layer
-from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
+from ..targets import OutputSelector, ResolvedTarget, Target, per_image_targets, resolve_target
 
 logger = logging.getLogger("gradcam")
 
@@ -175,6 +175,25 @@ class MapContext:
     features: torch.Tensor | None = None  # what the map sums over; defaults to activations
 
 
+_PEER_KEYWORDS = {
+    "target_layers": "layer= (one layer: layer=model.layer4[-1] or layer='layer4'; for several layers fused, "
+    "gradcam.MultiLayerCAM(model, layers=[...]))",
+    "reshape_transform": "reshape= (a callable applied to the activations and gradients, or gradcam.reshape.TokenGrid; "
+    "token models get it automatically when layer=None)",
+    "use_cuda": "nothing: the explainer runs on the device of the model and of x",
+}
+
+
+def reject_peer_keywords(cls: str, unknown: Mapping[str, Any]) -> None:
+    """A :class:`LayerError` for pytorch-grad-cam's constructor keywords (the migration's most common slip),
+    a ``TypeError`` for any other unexpected keyword, as Python would raise."""
+    for key in unknown:
+        if key in _PEER_KEYWORDS:
+            raise LayerError(f"{cls}(model, {key}=...) is pytorch-grad-cam's spelling; here pass {_PEER_KEYWORDS[key]}")
+    if unknown:
+        raise TypeError(f"{cls}() got an unexpected keyword argument {next(iter(unknown))!r}")
+
+
 class LayerMethod(Explainer):
     """A class-activation-map method at one layer: ``L = ReLU(sum_k alpha_k A_k)``.
 
@@ -196,8 +215,10 @@ class LayerMethod(Explainer):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__(model, output=output, eval_mode=eval_mode)
+        reject_peer_keywords(type(self).__name__, unknown)
         if isinstance(model, torch.jit.ScriptModule):
             raise LayerError(
                 f"{type(self).__name__} needs the activations of a layer, and TorchScript modules do not run "
@@ -376,6 +397,7 @@ def make_rescorer(
     ``for_image(b, n)``, the same target for n copies of image b.
     """
     batch = x.shape[0]
+    target = per_image_targets(target)
 
     def rescore(inputs: torch.Tensor, b: int, rows: int | None = None) -> torch.Tensor:
         n = inputs.shape[0] if rows is None else rows

@@ -130,8 +130,9 @@ class CAM(LayerMethod):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape=None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
+        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape, **unknown)
         self.head = GapLinearHead(model, fc)
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
