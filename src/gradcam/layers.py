@@ -179,10 +179,13 @@ def auto_layer(
     2. transformer blocks whose tokens (B, N, C) or channels-last grids (B, h, w, C) come after every
        (B, K, u, v) map (ViT, DeiT, DINOv2, BEiT, EVA, CLIP's vision tower, Swin v1/v2): the pre-attention
        LayerNorm of the last block (``norm1``, ``ln_1``, ``layernorm_before``, ``layer_norm1``) -- the last
-       block's input, where the patch tokens still reach a class-token classifier -- re-indexed to its grid;
+       block's input, where the patch tokens still reach a class-token classifier (the last block's output
+       reaches it through the class token only: zero maps) -- re-indexed to its grid; for a post-norm block
+       (timm Swin v2) the block's output;
     3. dense models (the output is a (B, C, h, w) map): the last feature map outside the head
        (``classifier``, ``decode_head``, ...), i.e. the backbone's last stage;
-    4. otherwise the last (B, K, u, v) map before the spatial dims are pooled away.
+    4. otherwise the last (B, K, u, v) map before the spatial dims are pooled away, outside the head when
+       there is one (SqueezeNet's classifier convolution makes class-score maps, not features).
 
     Never a layer inside attention, never one without the batch on axis 0, never a 1x1 map. A model
     none of this recognises (no token blocks, no dense output, no pooled or (B, K) output after the
@@ -218,14 +221,16 @@ def auto_layer(
     vision = [i for i in blocks if "vision" in infos[i].name or "visual" in infos[i].name]
     blocks = vision or blocks
     if blocks:
-        info = infos[blocks[-1]]
-        return LayerChoice(info.name, layouts[blocks[-1]], "transformer blocks", True, tuple(infos))
+        index = _block_input(infos, layouts, blocks[-1])
+        info = infos[index]
+        return LayerChoice(info.name, layouts[index], "transformer blocks", True, tuple(infos))
     dense = _dense_output(output, rows.shape[0])
-    if dense:
-        outside = [i for i in maps if not set(infos[i].name.split(".")) & HEAD_NAMES]
-        if outside:
-            info = infos[outside[-1]]
-            return LayerChoice(info.name, None, "dense model backbone", True, tuple(infos))
+    outside = [i for i in maps if not set(infos[i].name.split(".")) & HEAD_NAMES]
+    if dense and outside:
+        info = infos[outside[-1]]
+        return LayerChoice(info.name, None, "dense model backbone", True, tuple(infos))
+    maps = outside or maps  # a class-score map in the head (SqueezeNet's classifier) is not a feature map
+    last_map = maps[-1] if maps else -1
     if not maps:
         tokens = [i for i, reshape in layouts.items() if reshape not in (None, "none")]
         hint = f" (token layers such as '{infos[tokens[-1]].name}' need reshape=...)" if tokens else ""
@@ -247,6 +252,18 @@ def auto_layer(
             info.name,
         )
     return LayerChoice(info.name, None, "last feature map", recognised, tuple(infos))
+
+
+def _block_input(infos: list[LayerInfo], layouts: dict[int, Any], index: int) -> int:
+    """``index`` (a block's first norm) when it normalises the block's input (pre-norm: it finishes before
+    any attention output of its block); for a post-norm block (Swin v2: ``x + norm1(attn(x))``, whose norm
+    scale timm initialises to zero) the block's own output when it is a token / channels-last grid."""
+    block = infos[index].name.rsplit(".", 1)[0]
+    inside = [i for i, info in enumerate(infos) if info.in_attention and info.name.startswith(block + ".")]
+    if not inside or min(inside) > index:
+        return index
+    after = [i for i in range(index + 1, len(infos)) if infos[i].name == block and layouts.get(i) not in (None, "none")]
+    return after[-1] if after else index
 
 
 _BLOCK_NORMS = ("norm1", "layernorm_before", "layer_norm1", "ln_1", "norm_1", "ln1")

@@ -41,9 +41,9 @@ def test_torchvision_vit_gets_the_last_block_input_on_its_grid_and_the_float64_m
         "encoder.layers.encoder_layer_1.ln_1", TokenGrid("tokens", (4, 4), 1), "transformer blocks")
     e = gradcam.GradCAM(vit)(x, [1, 3])  # no layer, no reshape
     assert e.layer == choice.name and e.raw.shape == (2, 4, 4)
-    expected, magnitude = reference_raw(vit, x, choice.name, lambda out: out[[0, 1], [1, 3]], "tokens", (4, 4), 1)
-    assert float(expected.amax()) > 0
-    assert_raw_matches(e.raw, expected, magnitude, 16)
+    signed, magnitude = reference_raw(vit, x, choice.name, lambda out: out[[0, 1], [1, 3]], "tokens", (4, 4), 1)
+    assert float(signed.amax()) > 0
+    assert_raw_matches(e.raw, torch.relu(signed), magnitude, 16)
 
 
 def test_timm_vit_never_picks_a_layer_inside_attention():
@@ -84,8 +84,9 @@ def test_segmentation_models_explain_the_backbone_not_the_head():
     target = SegmentationScore(1, mask=torch.ones(64, 64))
     e = gradcam.GradCAM(model)(x, target)
     assert e.layer == choice.name
-    expected, magnitude = reference_raw(model, x, choice.name, lambda out: out["out"][:, 1].sum((-2, -1)))
-    assert_raw_matches(e.raw, expected, magnitude, e.weights.shape[-1])
+    signed, magnitude = reference_raw(model, x, choice.name, lambda out: out["out"][:, 1].sum((-2, -1)))
+    assert float(signed.abs().amax()) > 0
+    assert_raw_matches(e.raw, torch.relu(signed), magnitude, e.weights.shape[-1])
 
 
 def test_a_bare_detector_is_told_to_use_the_adapter_and_the_adapter_gives_its_default():
