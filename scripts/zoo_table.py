@@ -48,7 +48,7 @@ def main() -> int:
               flush=True)  # fmt: skip
     total = time.perf_counter() - start
     write_table(Path(args.out), results, total)
-    failed = [r for r in results if r.status != "ok"]
+    failed = [r for r in results if r.status.startswith("FAIL")]
     print(f"{len(results)} models, {len(failed)} failed, {total:.0f} s")
     return 1 if failed else 0
 

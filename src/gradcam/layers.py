@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import math
 import re
 import weakref
 from collections.abc import Callable, Mapping
@@ -97,10 +98,11 @@ def _child(module: nn.Module, part: str) -> nn.Module | None:
 def probe_layers(model: nn.Module, x: torch.Tensor, forward_kwargs: dict | None = None) -> list[LayerInfo]:
     """Run one forward pass on ``x`` and list every module's tensor output in completion order.
 
-    A module is a *candidate* for Grad-CAM when its output is a 4-D (B, K, u, v) map with ``u * v > 1``
-    and the batch of ``x`` on axis 0, that was not produced by a pooling module (a container whose
-    output is its last pooling child's output inherits that) and that is not inside an attention
-    module. Tensors are identified by object, so an in-place ReLU that returns its input is a
+    A module is a *candidate* for Grad-CAM when its output is a (B, K, u, v) map with ``u * v > 1`` (for
+    (B, C, L) / (B, C, T, H, W) inputs: a map of that rank with more than one cell) and the batch of ``x``
+    on axis 0, that was not produced by a pooling module (a container whose output is its last pooling
+    child's output inherits that) and that is not inside an attention module. Tensors are identified by
+    object, so an in-place ReLU that returns its input is a
     candidate like the convolution before it. A failing forward raises :class:`InputError`.
     """
     return _probe(model, x, forward_kwargs)[0]
@@ -134,8 +136,12 @@ def _probe(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] 
         if name not in attention:
             attention[name] = in_attention(name, model)
         batched = out.dim() > 0 and out.shape[0] == batch
-        spatial = out.dim() == 4 and out.shape[2] * out.shape[3] > 1
+        spatial = out.dim() == x.dim() and out.dim() >= 3 and math.prod(out.shape[2:]) > 1
         pooled = isinstance(producer.get(id(out), module), _POOLING)
+        if spatial and x.dim() != 4:  # 1-D / 3-D: a channels-last (B, t, h, w, C) output is no (B, K, t, u, v) map
+            widths = {int(m.normalized_shape[-1]) for m in module.modules() if isinstance(m, nn.LayerNorm)}
+            fits = all(n <= size for n, size in zip(out.shape[2:], x.shape[2:]))  # a map is no larger than x
+            spatial = fits and not (out.shape[-1] in widths and out.shape[1] not in widths)
         candidate = spatial and batched and not pooled and not attention[name]
         infos.append(LayerInfo(name, type(module).__name__, tuple(out.shape), candidate, attention[name], batched))
     return infos, output
@@ -196,9 +202,9 @@ def auto_layer(
     detector = _detector_choice(model)
     if detector is not None:
         return detector
-    rows = x[:1].expand(2, *x.shape[1:])
+    rows = x[:1].expand(2, *x.shape[1:]).contiguous()  # a real copy: a model may write into its input
     kwargs = {
-        key: value[:1].expand(2, *value.shape[1:])
+        key: value[:1].expand(2, *value.shape[1:]).contiguous()
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == x.shape[0]
         else value
         for key, value in (forward_kwargs or {}).items()
@@ -207,13 +213,22 @@ def auto_layer(
     size = (int(x.shape[-2]), int(x.shape[-1]))
     layouts: dict[int, Any] = {}
     for index, info in enumerate(infos):
-        if info.batched and not info.in_attention and len(info.shape) in (3, 4):
+        if x.dim() == 4 and info.batched and not info.in_attention and len(info.shape) in (3, 4):
             try:
                 layouts[index] = reshape_for_output(model, info.name, info.shape, size)
             except LayerError:
                 layouts[index] = "none"
     maps = [i for i, info in enumerate(infos) if info.candidate and layouts.get(i) is None]
     last_map = maps[-1] if maps else -1
+    if x.dim() != 4:
+        tokens = [i for i, info in enumerate(infos) if i > last_map and info.batched and not info.in_attention
+                  and _is_block_norm(info.name) and (len(info.shape) == 3 or not info.candidate)]  # fmt: skip
+        if tokens:
+            raise LayerError(
+                f"{type(model).__name__} is a transformer on {x.dim() - 2}-D inputs (its blocks' tokens, e.g. "
+                f"'{infos[tokens[-1]].name}' {infos[tokens[-1]].shape}, come after every map): token grids are laid "
+                "out for 2-D images only; pass layer= a (B, K, ...) map, or reshape= a callable laying the tokens out"
+            )
     blocks = [
         i for i, reshape in layouts.items()
         if reshape not in (None, "none") and _is_block_norm(infos[i].name) and i > last_map

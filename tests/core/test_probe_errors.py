@@ -106,3 +106,11 @@ def test_any_exception_of_the_forward_becomes_an_input_error_keeping_the_cause()
     with pytest.raises(gradcam.InputError, match="ValueError: images must be at least 16 pixels wide") as info:
         gradcam.GradCAM(Picky())(torch.randn(1, 3, 8, 8))
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_ablation_cam_refuses_an_automatic_token_layer():
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=5).eval()  # fmt: skip
+    with pytest.raises(gradcam.MethodError, match=r"token layer 'encoder.layers.encoder_layer_0.ln_1'; Ablation-CAM"):
+        gradcam.AblationCAM(vit)(torch.randn(1, 3, 32, 32))

@@ -66,8 +66,8 @@ def reference_raw(
     (grad,) = torch.autograd.grad(scores.sum(), activations)
     a = to_grid(activations.detach(), layout, grid, prefix)
     g = to_grid(grad, layout, grid, prefix)
-    alpha = g.mean(dim=(-2, -1))
-    terms = alpha[:, :, None, None] * a
+    alpha = g.flatten(2).mean(-1)  # over every activation axis (u, v; or t, u, v)
+    terms = alpha.reshape(*alpha.shape, *[1] * (a.dim() - 2)) * a
     return terms.sum(1), terms.abs().sum(1)
 
 
@@ -209,7 +209,8 @@ def torchvision_classification() -> list[Entry]:
 def torchvision_dense() -> list[Entry]:
     det = {"min_size": 64, "max_size": 64, "box_score_thresh": 0.0, "num_classes": 3}
     rcnn = {**det, "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20, "box_detections_per_img": 10}
-    single = {**det, "detections_per_img": 10, "topk_candidates": 50}
+    single = {"min_size": 64, "max_size": 64, "num_classes": 3, "score_thresh": 0.0, "detections_per_img": 10,
+              "topk_candidates": 50}  # fmt: skip
     ssd = {"num_classes": 3, "score_thresh": 0.0, "detections_per_img": 10, "topk_candidates": 50}
     return [
         Entry("torchvision:deeplabv3_mobilenet_v3_large", "torchvision segmentation",
@@ -263,14 +264,21 @@ def torchvision_dense() -> list[Entry]:
 
 
 def torchvision_video() -> list[Entry]:
-    """Video classifiers take (B, C, T, H, W) clips: 3-D maps are not supported yet, and must say so."""
+    """Video classifiers on (B, C, T, H, W) clips (8 frames): the CNNs get a 3-D map; the video transformers
+    (MViT, Swin3D), whose tokens have no 3-D layout here, must be refused with a LayerError saying so."""
     import torchvision
 
-    return [
-        Entry(f"torchvision:{name}", "torchvision video", _tv(name), 32, r"^$", "video",
-              heavy=name.startswith(("swin3d_b", "swin3d_s", "mvit")))
-        for name in torchvision.models.list_models(module=torchvision.models.video)
-    ]
+    cnn = {"r3d_18": r"^layer4$", "mc3_18": r"^layer4$", "r2plus1d_18": r"^layer4$", "s3d": r"^features(\.15)?$"}
+    entries = []
+    for name in torchvision.models.list_models(module=torchvision.models.video):
+        if name in cnn:
+            size = 224 if name == "s3d" else 32
+            entries.append(Entry(f"torchvision:{name}", "torchvision video", _tv(name), size, cnn[name], "video",
+                                 heavy=name == "s3d", options={"frames": 16 if name == "s3d" else 8}))  # fmt: skip
+        else:
+            entries.append(Entry(f"torchvision:{name}", "torchvision video", _tv(name), 32, r"^$", "video-tokens",
+                                 heavy=name.startswith(("swin3d_b", "swin3d_s", "mvit"))))  # fmt: skip
+    return entries
 
 
 def timm_families() -> list[Entry]:
@@ -387,22 +395,25 @@ def check(entry: Entry, seed: int = 0) -> Result:
 
     start = time.perf_counter()
     result = Result(entry)
-    if entry.task == "video":  # the clip is refused before anything runs
-        clip = torch.rand(1, 3, 4, entry.size, entry.size)
+    if entry.task == "video-tokens":  # refused after the probe: no 3-D token layout
+        torch.manual_seed(seed)
+        model = entry.build().eval()
+        frames, side = (16, 224) if entry.id.startswith("torchvision:mvit") else (8, entry.size)
         try:
-            gradcam.GradCAM(entry.build().eval())(clip)
-        except gradcam.InputError as error:
-            assert "4-D tensor (B, C, H, W)" in str(error)
-            result.status = "not supported: (B, C, T, H, W) clips are refused with an InputError"
+            gradcam.GradCAM(model)(torch.rand(1, 3, frames, side, side))
+        except gradcam.LayerError as error:
+            assert "token grids are laid out for 2-D images only" in str(error)
+            result.status = "not supported: refused (LayerError: token grids are laid out for 2-D images only)"
             result.seconds = time.perf_counter() - start
             return result
-        raise AssertionError("a 5-D clip was not refused")
+        raise AssertionError(f"{entry.id}: a video transformer was not refused")
     torch.manual_seed(seed)
     model = entry.build().eval()
     _materialise(model)
     model = model.double()
-    x = torch.rand(2, 3, entry.size, entry.size, dtype=torch.float64)
-    if entry.task == "classification":
+    frames = (entry.options["frames"],) if entry.task == "video" else ()
+    x = torch.rand(2, 3, *frames, entry.size, entry.size, dtype=torch.float64)
+    if entry.task in ("classification", "video"):
         target: Any = [1, 2]
         reference_target = lambda out: logits_of(out)[[0, 1], [1, 2]]  # noqa: E731
     else:
@@ -411,7 +422,7 @@ def check(entry: Entry, seed: int = 0) -> Result:
         reference_target = target
     cam = gradcam.GradCAM(model)
     e = cam(x, target)
-    result.layer, result.grid = e.layer, tuple(e.raw.shape[-2:])
+    result.layer, result.grid = e.layer, tuple(e.raw.shape[1:])
     reshape = cam.reshape
     result.reshape = "" if reshape is None else repr(reshape)
     assert re.search(entry.layer, e.layer), f"{entry.id}: automatic layer {e.layer!r} is not in the last stage"

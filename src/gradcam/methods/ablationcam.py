@@ -88,6 +88,15 @@ class AblationCAM(LayerMethod):
         self.value = float(value)
         self.broadcast: bool | None = None  # learnt on the first call: does the fast path work?
 
+    def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
+        resolved = super()._resolve(x, forward_kwargs)
+        if self.reshape is not None:  # the automatic choice is a token layer (ViT, Swin, ...)
+            raise MethodError(
+                f"the automatic layer of {type(self.model).__name__} is the token layer '{resolved[0]}'; Ablation-CAM "
+                "ablates channels of a (B, K, u, v) map: pass layer= a convolutional map, or use GradCAM"
+            )
+        return resolved
+
     def _rescorer(
         self,
         x: torch.Tensor,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -30,49 +31,66 @@ from ..targets import OutputSelector, ResolvedTarget, Target, per_image_targets,
 logger = logging.getLogger("gradcam")
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, k, u, v) maps to (B, k, H, W), ``align_corners=False``."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Linear / bilinear / trilinear upsampling (by ``len(size)``) of (B, k, *s) maps to (B, k, *size),
+    ``align_corners=False``."""
+    dims = len(size)
+    if tuple(maps.shape[-dims:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=tuple(size), mode=_MODES[dims], align_corners=False)
 
 
-def normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation over the last two dims to [0, 1]; a flat map becomes all zero.
+def normalize(maps: torch.Tensor, dims: int = 2) -> torch.Tensor:
+    """Per-map min-max normalisation over the last ``dims`` dims to [0, 1]; a flat map becomes all zero.
 
     ``(m - min) / (max - min)``, with the division done per map on the (..., 1, 1) statistics so the
     full-size tensor is touched twice (subtract, multiply) rather than four times.
     """
-    low, high = torch.aminmax(maps.flatten(-2), dim=-1)
-    span = (high - low)[..., None, None]
+    low, high = torch.aminmax(maps.flatten(-dims), dim=-1)
+    index = (..., *([None] * dims))
+    span = (high - low)[index]
     scale = torch.where(span > 0, 1 / torch.where(span > 0, span, 1), 0)
-    return (maps - low[..., None, None]).mul_(scale)
+    return (maps - low[index]).mul_(scale)
 
 
-def first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
-    """Name and ``in_channels`` of the first 2-D convolution registered in ``model``, if any."""
+_CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def first_conv_channels(model: nn.Module, dims: int = 2) -> tuple[str, int] | None:
+    """Name and ``in_channels`` of the first ``dims``-D convolution registered in ``model``, if any."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, _CONVS[dims]):
             return name, module.in_channels
     return None
 
 
-def check_input(x: Any, model: nn.Module) -> torch.Tensor:
-    """Validate ``x`` as a finite, non-empty, floating (B, C, H, W) batch for ``model``."""
+def check_input(x: Any, model: nn.Module, ranks: tuple[int, ...] = (4,)) -> torch.Tensor:
+    """Validate ``x`` as a finite, non-empty, floating (B, C, H, W) batch for ``model`` (or, with ``ranks``
+    (3, 4, 5), a (B, C, L) signal or a (B, C, T, H, W) clip too)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == 3 else ""
-        raise InputError(f"x must be a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}{hint}")
+    if x.dim() not in ranks:
+        if ranks == (4,):
+            hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == 3 else ""
+            if x.dim() in (3, 5):
+                hint += "; (B, C, L) signals and (B, C, T, H, W) clips are supported by GradCAM"
+            raise InputError(f"x must be a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}{hint}")
+        raise InputError(
+            f"x must be a (B, C, L), (B, C, H, W) or (B, C, T, H, W) tensor; got shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise InputError(f"x must be a floating-point tensor (normalised image batch); got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise InputError("x is an empty batch (B = 0)")
-    conv = first_conv_channels(model)
+    conv = first_conv_channels(model, x.dim() - 2)
     if conv is not None and conv[1] != x.shape[1]:
+        axes = {3: "L", 4: "H, W", 5: "T, H, W"}[x.dim()]
         raise InputError(
             f"x has {x.shape[1]} channels but the model's first convolution '{conv[0]}' expects "
-            f"{conv[1]}; x must be (B, {conv[1]}, H, W)"
+            f"{conv[1]}; x must be (B, {conv[1]}, {axes})"
         )
     if x.device.type == "cpu":  # on an accelerator the check runs after the work is queued: no mid-call sync
         require_finite(x)
@@ -206,6 +224,8 @@ class LayerMethod(Explainer):
     """
 
     needs_gradients: ClassVar[bool] = True
+    #: whether the method's weights work on (B, K, l) and (B, K, t, u, v) activations too (1-D and 3-D inputs)
+    any_rank: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -242,7 +262,7 @@ class LayerMethod(Explainer):
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, u, v); F is A unless a method says otherwise."""
         features = context.activations if context.features is None else context.features
-        return torch.relu(torch.einsum("bjc,bcuv->bjuv", weights, features))
+        return torch.relu(torch.einsum("bjc,bc...->bj...", weights, features))
 
     def _forward(
         self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None, record_graph: bool
@@ -254,6 +274,8 @@ class LayerMethod(Explainer):
         name, layer = self._resolve(x, forward_kwargs)
         with torch.no_grad(), compile_friendly(), capture_layer(layer, name, record_graph=record_graph) as capture:
             output = run_model(self.model, x, forward_kwargs)
+        if capture.activations is not None and isinstance(self.reshape, str) and x.dim() != 4:
+            self.reshape = None  # token layouts are 2-D grids
         if capture.activations is not None and isinstance(self.reshape, str):  # "auto", on the first call
             from ..reshape import reshape_for_output
 
@@ -288,12 +310,14 @@ class LayerMethod(Explainer):
         :class:`LayerError` that names the automatic choice for ``x``."""
         grid = captured if self.reshape is None else self.reshape(captured)
         via = "" if self.reshape is None else " after reshape"
-        if grid.dim() != 4 or grid.shape[0] != batch:
+        rank = 4 if x is None else x.dim()
+        if grid.dim() != rank or grid.shape[0] != batch:
+            axes = {3: "l", 4: "u, v", 5: "t, u, v"}[rank]
             raise LayerError(
                 f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs "
-                f"a (B, K, u, v) feature map with B={batch} (token layers need reshape=...)"
+                f"a (B, K, {axes}) feature map with B={batch} (token layers need reshape=...)"
             )
-        if grid.shape[2] * grid.shape[3] == 1:
+        if math.prod(grid.shape[2:]) == 1:
             suggestion = "layer=None for the automatic choice"
             if x is not None:
                 with contextlib.suppress(GradCAMError):
@@ -323,7 +347,7 @@ class LayerMethod(Explainer):
         counterfactual: bool = False,
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> Explanation:
-        x = check_input(x, self.model)
+        x = check_input(x, self.model, (3, 4, 5) if self.any_rank else (4,))
         with model_guard(self.model, self.eval_mode), torch.inference_mode(False):
             x = usable_input(x)
             name, captured, output = self._forward(x, forward_kwargs, record_graph=self.needs_gradients)
@@ -348,7 +372,7 @@ class LayerMethod(Explainer):
                 )
                 weights = self.channel_weights(context)
                 raw = self.combine(weights, context)
-                heatmap = normalize(upsample(raw, tuple(x.shape[-2:])))
+                heatmap = normalize(upsample(raw, tuple(x.shape[2:])), x.dim() - 2)
         if x.device.type != "cpu":
             require_finite(x)
         if gradients is not None:  # after the work is queued: one sync on accelerators
