@@ -72,7 +72,11 @@ def write_table(path: Path, results: list[Result], total: float) -> None:
         f"transformers {transformers.__version__}, {platform.machine()}, one thread; {len(results)} models in "
         f"{total / 60:.1f} min. Targets: classes 1 and 2 (classification), class 1 summed over the map "
         "(segmentation), each image's top detection score (detection, through `DetectorAdapter`), the pooled "
-        "embedding's sum (CLIP's vision tower).",
+        "embedding's first feature (CLIP's vision tower). Video CNNs get 2 clips of 8 frames (S3D: 16 frames at "
+        "224) and a 3-D map (grid t x u x v); video transformers (MViT, Swin3D) must be refused with a LayerError. "
+        "Grid is the map's size at the layer; `reshape` is the re-indexing the automatic choice adds (tokens: "
+        "grid and prefix tokens; channels_last; `crop_padding` for detectors). Seconds include building the model "
+        "with random weights, which dominates for the largest ones.",
         "",
         "| model | family | input | automatic layer | reshape | grid | seconds | status |",
         "|---|---|---|---|---|---|---|---|",

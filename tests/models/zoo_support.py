@@ -424,7 +424,7 @@ def check(entry: Entry, seed: int = 0) -> Result:
     e = cam(x, target)
     result.layer, result.grid = e.layer, tuple(e.raw.shape[1:])
     reshape = cam.reshape
-    result.reshape = "" if reshape is None else repr(reshape)
+    result.reshape = "" if reshape is None else getattr(reshape, "__name__", None) or repr(reshape)
     assert re.search(entry.layer, e.layer), f"{entry.id}: automatic layer {e.layer!r} is not in the last stage"
     layout = grid = prefix = None
     if reshape is not None and not isinstance(model, DetectorAdapter):
