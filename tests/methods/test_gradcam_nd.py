@@ -109,3 +109,10 @@ def test_other_methods_keep_2d_inputs_and_say_which_supports_more():
     with pytest.raises(gradcam.InputError, match=r"x has 2 channels but the model's first convolution '0' expects 3; "
                                                  r"x must be \(B, 3, L\)"):  # fmt: skip
         gradcam.GradCAM(tiny(1))(torch.randn(1, 2, 8))
+
+
+def test_a_3d_tensor_for_an_image_model_is_still_a_missing_batch_axis(gap_net):
+    with pytest.raises(gradcam.InputError, match=r"got shape \(3, 8, 8\) \(add a batch axis: x.unsqueeze\(0\)\)$"):
+        gradcam.GradCAM(gap_net)(torch.randn(3, 8, 8))
+    with pytest.raises(gradcam.InputError, match=r"got shape \(1, 3, 2, 8, 8\); the model's first convolution is 2-D"):
+        gradcam.GradCAM(gap_net)(torch.randn(1, 3, 2, 8, 8))

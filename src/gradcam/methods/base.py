@@ -67,16 +67,30 @@ def first_conv_channels(model: nn.Module, dims: int = 2) -> tuple[str, int] | No
     return None
 
 
+def _first_conv_dims(model: nn.Module) -> int | None:
+    """1, 2 or 3 for the first convolution registered in ``model`` (None without one)."""
+    for module in model.modules():
+        for dims, conv in _CONVS.items():
+            if isinstance(module, conv):
+                return dims
+    return None
+
+
 def check_input(x: Any, model: nn.Module, ranks: tuple[int, ...] = (4,)) -> torch.Tensor:
     """Validate ``x`` as a finite, non-empty, floating (B, C, H, W) batch for ``model`` (or, with ``ranks``
     (3, 4, 5), a (B, C, L) signal or a (B, C, T, H, W) clip too)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
+    image_model = x.dim() in (3, 5) and x.dim() in ranks and _first_conv_dims(model) == 2
+    if image_model:
+        ranks = (4,)  # a 2-D model: a 3-D x is one image without its batch axis, not a (B, C, L) signal
     if x.dim() not in ranks:
         if ranks == (4,):
             hint = " (add a batch axis: x.unsqueeze(0))" if x.dim() == 3 else ""
-            if x.dim() in (3, 5):
+            if x.dim() in (3, 5) and not image_model:
                 hint += "; (B, C, L) signals and (B, C, T, H, W) clips are supported by GradCAM"
+            elif x.dim() == 5:
+                hint += "; the model's first convolution is 2-D"
             raise InputError(f"x must be a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}{hint}")
         raise InputError(
             f"x must be a (B, C, L), (B, C, H, W) or (B, C, T, H, W) tensor; got shape {tuple(x.shape)}"
