@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..capture import model_guard
-from ..errors import LayerError, TargetError
+from ..errors import TargetError
 from ..explanation import Explanation
 from ..imaging import draw
 from ..imaging.geometry import (
@@ -379,24 +379,16 @@ def as_detector(model: nn.Module) -> nn.Module:
 
 def _layer_name(model: nn.Module, requested: str | None) -> str | None:
     """The layer to explain: the request (detector layers may omit the adapter's ``detector.``
-    prefix), or for a vision transformer the first LayerNorm of its last block; None: automatic."""
-    from ..reshape import patch_size, token_layer
+    prefix), or None: the explainers' automatic choice, :func:`gradcam.layers.auto_layer` (the same
+    function as the API's and ``gradcam layers``': token blocks re-indexed to their grid, a detector's
+    backbone cut to the image, a dense model's backbone)."""
     from ..tasks import DetectorAdapter
 
-    if requested is not None:
-        if isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
-            names = {name for name, _ in model.detector.named_modules()}
-            if requested in names:
-                return f"detector.{requested}"
-        return requested
-    if isinstance(model, DetectorAdapter):
-        return model.default_layer
-    if patch_size(model) is not None:
-        try:
-            return token_layer(model)
-        except LayerError:
-            return None
-    return None
+    if requested is not None and isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
+        names = {name for name, _ in model.detector.named_modules()}
+        if requested in names:
+            return f"detector.{requested}"
+    return requested
 
 
 class _Explainers:
