@@ -243,7 +243,7 @@ LAYERS = [
      "convolutional feature map, or a reshape of token outputs to a grid (the Python API's reshape=)"),
     ("layers {factories}:gray", 1,
      "{factories}:gray: its forward pass failed on a 1x3x224x224 image (RuntimeError: Given groups=1, weight of "
-     "size [4, 1, 3, 3], expected input[1, 3, 224, 224] to have 1 channels, but got 3 channels instead); gradcam "
+     "size [4, 1, 3, 3], expected input[2, 3, 224, 224] to have 1 channels, but got 3 channels instead); gradcam "
      "explains models that take (B, 3, H, W) RGB images: wrap the model so that it does"),
     ("layers {factories}:nothing", 2, "{factories} has no attribute 'nothing'"),
     ("layers nosuch", 2, "unknown model spec 'nosuch': ..."),
@@ -308,7 +308,7 @@ EVALUATE = [
     ("evaluate faithfulness --synthetic --fill inf --out {out}", 2, "--fill must be a finite number; got inf"),
     ("evaluate pointing --synthetic --images 2 --model {factories}:mlp --method gradcam --no-plots --out {out}", 1,
      "no method could be evaluated (gradcam: LayerError: no layer of Sequential outputs a (B, K, u, v) feature map "
-     "with u*v > 1; ..."),
+     "with u*v > 1 and the batch on axis 0; ..."),
 ]  # fmt: skip
 CASES = CAPTION + VQA + EXPLAIN + LAYERS + MODELS + EVALUATE
 

@@ -103,16 +103,16 @@ def test_automatic_layer_and_float64_autograd(dims, shape):
     assert e.heatmap.shape == (2, *shape[2:])
 
 
-def test_other_methods_keep_2d_inputs_and_say_which_supports_more():
-    with pytest.raises(gradcam.InputError, match=r"4-D tensor \(B, C, H, W\).*supported by GradCAM"):
-        gradcam.LayerCAM(tiny(3))(torch.randn(1, 3, 4, 6, 6))
+def test_a_signal_with_the_wrong_channel_count_names_the_layout():
     with pytest.raises(gradcam.InputError, match=r"x has 2 channels but the model's first convolution '0' expects 3; "
                                                  r"x must be \(B, 3, L\)"):  # fmt: skip
         gradcam.GradCAM(tiny(1))(torch.randn(1, 2, 8))
 
 
 def test_a_3d_tensor_for_an_image_model_is_still_a_missing_batch_axis(gap_net):
-    with pytest.raises(gradcam.InputError, match=r"got shape \(3, 8, 8\) \(add a batch axis: x.unsqueeze\(0\)\)$"):
+    with pytest.raises(gradcam.InputError, match=r"got shape \(3, 8, 8\) \(add a batch axis: x.unsqueeze\(0\)\); "
+                       r"the model's first convolution 'body\.0' is 2-D$"):  # fmt: skip
         gradcam.GradCAM(gap_net)(torch.randn(3, 8, 8))
-    with pytest.raises(gradcam.InputError, match=r"got shape \(1, 3, 2, 8, 8\); the model's first convolution is 2-D"):
+    video = r"got shape \(1, 3, 2, 8, 8\); the model's first convolution 'body\.0' is 2-D"
+    with pytest.raises(gradcam.InputError, match=video):
         gradcam.GradCAM(gap_net)(torch.randn(1, 3, 2, 8, 8))
