@@ -264,3 +264,29 @@ def test_reduced_pixels_are_resampled_by_their_block_mapping(interpolation: str)
     assert (evenly - full).abs().mean() > 4 * ours.mean()
     with pytest.raises(ValueError, match="bilinear or bicubic"):
         resized_crop(reduced, geometry, "nearest", scale=4)
+
+
+@pytest.mark.parametrize("size", [(300, 3), (3, 300)])
+def test_a_frame_too_large_to_build_is_sampled_as_it_would_be_resampled(size, monkeypatch) -> None:
+    """Past FULL_FRAME_PIXELS the crop is sampled from the original and the maps from the crop: bilinear
+    crops within one level of the antialiased resize (measured: at most 1, mean 0.15), maps within float32
+    rounding of the canvas path; bicubic samples with grid_sample's a = -0.75 (PIL's is -0.5)."""
+    from gradcam.imaging import geometry as geometry_module
+
+    config = PreprocessConfig(input_size=224, resize_size=256, interpolation="bilinear")
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, size[1], size[0]), dtype=np.uint8))
+    geometry = compute_geometry(size, config)
+    maps = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(0))
+    full_crop, full_maps = resized_crop(pixels, geometry, "bilinear"), geometry.to_original(maps)
+    monkeypatch.setattr(geometry_module, "FULL_FRAME_PIXELS", 1000)
+    sampled_crop, sampled_maps = resized_crop(pixels, geometry, "bilinear"), geometry.to_original(maps)
+    assert sampled_crop.dtype == torch.uint8 and sampled_crop.shape == full_crop.shape == (3, 224, 224)
+    difference = (sampled_crop.int() - full_crop.int()).abs()
+    assert difference.max() <= 1 and difference.float().mean() < 0.25
+    assert sampled_maps.shape == full_maps.shape == (2, size[1], size[0])
+    # float32 source coordinates of up to 25600 (interpolate's; ours are float64) are off by a few units
+    # of roundoff of that magnitude; the 7 x 7 map in [0, 1] upsampled to 224 changes by <= 7 / 224 a pixel
+    from tolerances import unit_roundoff
+
+    atol = 4 * unit_roundoff() * max(geometry.resized_size) * 7 / 224
+    torch.testing.assert_close(sampled_maps, full_maps, rtol=0, atol=atol)

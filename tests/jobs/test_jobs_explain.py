@@ -152,7 +152,7 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
             assert not durable
         return real_write_json(path, record, durable)
 
-    fsynced = []  # in this process: the writer processes' fsyncs are not seen, and are counted by files
+    fsynced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
     monkeypatch.setattr(jobs, "can_sync_filesystem", lambda: grouped)
@@ -173,7 +173,7 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
         assert len(fsynced) == 1  # manifest.json alone: no output is fsynced
     else:
         assert synced == []
-        assert len(fsynced) == 1 + (len(outputs) if writers == 0 else 0)  # every output, then the manifest
+        assert len(fsynced) == 1 + len(outputs)  # every output (writer threads), then the manifest
 
 
 def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:

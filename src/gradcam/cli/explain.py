@@ -9,6 +9,7 @@ Boxes and masks are in original image pixels.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.paths and not args.samples:
         return _fail("give image files, folders or globs (or --samples for the bundled photos)")
     try:
-        paths = find_images(args.paths) if args.paths else []
+        paths = find_images(args.paths, exclude=args.out) if args.paths else []
     except FileNotFoundError as error:
         return _fail(str(error))
     if args.samples:
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         if is_error:
             _write(line, sys.stderr)
         elif not args.quiet:
-            _write(line, sys.stdout)
+            _print(line)
 
     from ..errors import GradCAMError
 
@@ -195,14 +196,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if distributed_rank()[0] != 0:  # under torchrun, rank 0 reports for everyone
         return 1 if summary.failed else 0
-    print(
+    _print(
         f"{summary.done} explained, {summary.skipped} already done, {summary.failed} failed "
         f"in {summary.seconds:.1f} s; model {loaded.name}, layer {summary.layer}"
     )
     if summary.items:
         first = summary.items[0]["outputs"][0]
         example = next((first[kind] for kind in OUTPUT_KINDS if first.get(kind)), None)
-        print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
+        _print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
     return 1 if summary.failed else 0
 
 
@@ -283,3 +284,19 @@ def _write(line: str, stream) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=stream)
+
+
+def _print(line: str) -> None:
+    """Print a line on stdout; once stdout is a closed pipe (``gradcam explain DIR | head -2``), print
+    nothing more: the job goes on, its outputs are written and its exit code is unchanged."""
+    if sys.stdout is None:
+        return
+    try:
+        _write(line, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null, as the signal module's docs advise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+

@@ -14,6 +14,7 @@ import json
 import logging
 import mmap
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -35,6 +36,13 @@ logger = logging.getLogger("gradcam")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
+#: The raster formats PIL may open (README: JPEG, PNG, BMP, GIF, TIFF, WebP; PIL's JPEG plugin also opens
+#: the multi-picture JPEGs many cameras write). Whatever the file's name, any other content (EPS, PDF, ...)
+#: is refused unread, so it never reaches a plugin such as PIL's Ghostscript one.
+OPEN_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+#: The suffix of this module's temporary files (``.NAME.RANDOM.gradcam-tmp`` next to ``NAME``): a run
+#: killed mid-write leaves them; :func:`remove_temp_files` removes them on the next run.
+TEMP_SUFFIX = ".gradcam-tmp"
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -61,9 +69,9 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     Every failure (missing, not an image, truncated, unsupported mode) raises :class:`ImageReadError`.
     """
     path = Path(path)
-    data = _read_file(path)
+    data, _ = read_file(path)
     with _read_errors(path):
-        return _decode_with_pil(Image.open(io.BytesIO(data)), path)
+        return _decode_with_pil(_open(data), path)
 
 
 def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -77,9 +85,19 @@ def read_pixels(path: str | os.PathLike[str]) -> torch.Tensor:
     resampling wants it.
     """
     path = Path(path)
-    data = _read_file(path)
+    return decode_pixels(read_file(path)[0], path)
+
+
+def decode_pixels(data: bytes, path: str | os.PathLike[str]) -> torch.Tensor:
+    """:func:`read_pixels` of a file's bytes ``data`` (``path`` names it in errors)."""
+    path = Path(path)
     with _read_errors(path):
-        return _decoded_pixels(data, Image.open(io.BytesIO(data)), path)
+        return _decoded_pixels(data, _open(data), path)
+
+
+def _open(data: bytes) -> Image.Image:
+    """PIL's image of ``data`` (header read, pixels not yet), if it is one of :data:`OPEN_FORMATS`."""
+    return Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
 
 
 def _decoded_pixels(data: bytes, opened: Image.Image, path: Path) -> torch.Tensor:
@@ -109,9 +127,9 @@ def read_reduced_pixels(
     the scaled IDCT is a box filter, not the resize's.
     """
     path = Path(path)
-    data = _read_file(path)
+    data, _ = read_file(path)
     with _read_errors(path):
-        opened = Image.open(io.BytesIO(data))
+        opened = _open(data)
         orientation = _known_orientation(opened)
         if opened.format == "JPEG" and orientation is not None:
             width, height = opened.size
@@ -134,7 +152,7 @@ def read_reduced_pixels(
                 if opened.size == (-(-width // scale), -(-height // scale)):
                     pixels = image_pixels(_decode_with_pil(opened, path))
                     return pixels, ((height, width) if transposed else (width, height)), scale
-                opened = Image.open(io.BytesIO(data))  # not the scale asked for: decoded whole
+                opened = _open(data)  # not the scale asked for: decoded whole
         pixels = _decoded_pixels(data, opened, path)
     return pixels, (int(pixels.shape[2]), int(pixels.shape[1])), 1
 
@@ -182,16 +200,80 @@ def _same_in_torchcodec(opened: Image.Image) -> bool:
     return orientation == 1 or not any(key in opened.info for key in _XMP_KEYS)
 
 
-def _read_file(path: Path) -> bytes:
-    """The bytes of ``path`` in one read (~0.25 ms less than PIL's chunked reads), or ImageReadError."""
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty")
+def read_file(path: str | os.PathLike[str]) -> tuple[bytes, dict[str, int]]:
+    """``(bytes, identity)`` of the regular file ``path`` in one read; ``identity`` is ``{"size",
+    "mtime_ns"}`` of the file read (its ``fstat``), for telling later whether it changed.
+
+    Only a regular file (or a symbolic link to one) is read: a named pipe (FIFO), a device or a socket is
+    refused without reading (opened non-blocking, so a FIFO never waits for a writer); a broken symbolic
+    link, a symbolic-link loop, a folder, an empty or unreadable file raise :class:`ImageReadError`
+    saying which.
+    """
+    path = Path(path)
     try:
-        return path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ImageReadError(path, _open_failure(path, error)) from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageReadError(path, f"not a regular file ({_file_kind(status.st_mode)})")
+        if status.st_size == 0:
+            raise ImageReadError(path, "file is empty")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read()
     except OSError as error:
         raise ImageReadError(path, error.strerror or type(error).__name__) from error
+    finally:
+        os.close(descriptor)
+    return data, {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _open_failure(path: Path, error: OSError) -> str:
+    """Why ``path`` could not be opened, in words (a broken link and a link loop named as such)."""
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (the link points, through links, back to itself)"
+    if error.errno == errno.ENOENT:
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
+        return "no such file"
+    if error.errno == errno.EISDIR:
+        return "not a regular file (a folder)"
+    return error.strerror or type(error).__name__
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def file_identity(path: str | os.PathLike[str]) -> dict[str, int] | None:
+    """``{"size", "mtime_ns"}`` of ``path`` now (as :func:`read_file` records it), None if it cannot be
+    stat'ed or is not a regular file."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be printed and written as UTF-8: bytes of a file name that are not
+    UTF-8 appear as ``\\xNN`` (``b"caf\\xe9.jpg"`` -> ``caf\\xe9.jpg``); other names are unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s bytes are valid UTF-8 (:func:`display_path` then returns it unchanged)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _decode_with_pil(opened: Image.Image, path: Path) -> Image.Image:
@@ -209,7 +291,8 @@ def _read_errors(path: Path) -> Iterator[None]:
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file (unrecognised format)") from None
+        formats = ", ".join(OPEN_FORMATS)
+        raise ImageReadError(path, f"not an image file in a supported format ({formats})") from None
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"image too large ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as error:
@@ -284,38 +367,63 @@ def _has_image_extension(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk_folder(folder: Path, recursive: bool) -> list[Path]:
-    """Image files in ``folder`` (sub-folders too when recursive); hidden files/folders are skipped."""
+def _walk_folder(folder: Path, recursive: bool, exclude: Path | None = None) -> list[Path]:
+    """Entries of ``folder`` with an image extension that are not folders (sub-folders too when
+    recursive; hidden names and the folder ``exclude`` skipped). Not only regular files: a FIFO, a broken
+    link or a link loop named ``*.jpg`` is listed, so that reading it reports it."""
     found: list[Path] = []
     if recursive:
         for root, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and not is_inside(Path(root) / d, exclude)]
             found.extend(Path(root) / f for f in files if not f.startswith("."))
     else:
-        found.extend(p for p in folder.iterdir() if not p.name.startswith("."))
-    return [p for p in found if p.is_file() and _has_image_extension(p)]
+        found.extend(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
+    return [p for p in found if _has_image_extension(p) and not is_inside(p, exclude)]
 
 
-def find_images(paths: Sequence[str | os.PathLike[str]], recursive: bool = True) -> list[Path]:
+def is_inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved; False without a folder)."""
+    if folder is None:
+        return False
+    resolved = _absolute(path)
+    return resolved == folder or folder in resolved.parents
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` resolved (links followed); a broken link or a link loop keeps its own name in its
+    resolved folder."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing target, a loop (RuntimeError before Python 3.13)
+        return path.parent.resolve() / path.name
+
+
+def find_images(
+    paths: Sequence[str | os.PathLike[str]], recursive: bool = True, exclude: str | os.PathLike[str] | None = None
+) -> list[Path]:
     """Expand files, folders and glob patterns into a sorted, de-duplicated list of resolved image paths.
 
-    - an existing file is kept whatever its extension (a bad file is reported later by load_image);
-    - a folder contributes its files with an image extension (case-insensitive; walked recursively when
-      ``recursive``; hidden names skipped);
-    - any other entry is a glob pattern (``glob.glob(..., recursive=True)``); matched files need an image
-      extension, matched folders are walked.
+    - an existing file is kept whatever its extension and kind (a bad file, a FIFO or a broken link is
+      reported later by :func:`read_file`);
+    - a folder contributes its entries with an image extension that are not folders (case-insensitive;
+      walked recursively when ``recursive``; hidden names skipped);
+    - any other entry is a glob pattern (``glob.glob(..., recursive=True)``); matched entries need an
+      image extension, matched folders are walked.
 
-    A path that does not exist, or a pattern that yields no image, raises FileNotFoundError naming it.
+    Nothing found by walking a folder or a glob lies inside the folder ``exclude`` (a job's output
+    folder: a rerun must not explain its own outputs); files named explicitly are kept. A path that does
+    not exist, or a pattern that yields no image, raises FileNotFoundError naming it.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    skipped = None if exclude is None else Path(exclude).resolve()
     found: set[Path] = set()
     for entry in paths:
         candidate = Path(entry)
-        if candidate.is_file():
-            found.add(candidate.resolve())
-        elif candidate.is_dir():
-            found.update(p.resolve() for p in _walk_folder(candidate, recursive))
+        if candidate.is_dir():
+            found.update(_absolute(p) for p in _walk_folder(candidate, recursive, skipped))
+        elif os.path.lexists(candidate):  # a file, a FIFO, a broken link, a link loop
+            found.add(_absolute(candidate))
         else:
             pattern = os.fspath(entry)
             if not glob.has_magic(pattern):
@@ -323,12 +431,12 @@ def find_images(paths: Sequence[str | os.PathLike[str]], recursive: bool = True)
             matched: list[Path] = []
             for match in map(Path, glob.glob(pattern, recursive=True)):
                 if match.is_dir():
-                    matched.extend(_walk_folder(match, recursive))
-                elif match.is_file() and _has_image_extension(match):
+                    matched.extend(_walk_folder(match, recursive, skipped))
+                elif _has_image_extension(match) and not is_inside(match, skipped):
                     matched.append(match)
             if not matched:
                 raise FileNotFoundError(f"glob pattern matched no image files: {pattern!r}")
-            found.update(p.resolve() for p in matched)
+            found.update(_absolute(p) for p in matched)
     return sorted(found)
 
 
@@ -355,7 +463,7 @@ def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
     temp_name: str | None = None
     try:
         with tempfile.NamedTemporaryFile(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+            dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX, delete=False
         ) as temp:
             temp_name = temp.name
             write(temp)
@@ -371,6 +479,17 @@ def _write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
                 os.unlink(temp_name)
         raise
     return target
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (``.*`` + :data:`TEMP_SUFFIX`) a killed run left in ``folder`` (not
+    its sub-folders); returns them. A missing folder has none."""
+    removed = []
+    for temp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed.append(temp)
+    return removed
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,14 +21,15 @@ mapped through each image's preprocessing :class:`Geometry`.
 
 from __future__ import annotations
 
+import base64
+import functools
 import io
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,14 @@ from ..imaging.geometry import (
 from ..imaging.io import (
     ImageReadError,
     can_sync_filesystem,
-    read_pixels,
+    decode_pixels,
+    display_path,
+    file_identity,
+    is_inside,
+    is_utf8_path,
+    read_file,
     read_reduced_pixels,
+    remove_temp_files,
     save_npy_atomic,
     save_png_atomic,
     sync_filesystem,
@@ -245,26 +252,30 @@ class ImageFiles(Dataset):
         """The fewest pixels the model input is resampled from: the resized frame."""
         return self.config.geometry(original_size).resized_size
 
-    def _cropped(self, path: Path) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
-        """``(decoded pixels, model input's uint8 pixels, Geometry)`` of one file."""
+    def _cropped(self, path: Path) -> tuple[torch.Tensor, torch.Tensor, Geometry, dict[str, int] | None]:
+        """``(decoded pixels, model input's uint8 pixels, Geometry, the file's identity)`` of one file."""
         if not self.reduced_decode:
-            pixels = read_pixels(path)  # (3, H, W), a view of an (H, W, 3) buffer
-            return pixels, *crop_image(pixels, self.config)
+            data, identity = read_file(path)
+            pixels = decode_pixels(data, path)  # (3, H, W), a view of an (H, W, 3) buffer
+            return pixels, *crop_image(pixels, self.config), identity
+        identity = file_identity(path)
         pixels, original_size, scale = read_reduced_pixels(path, self._least_size)
-        return pixels, *crop_image(pixels, self.config, original_size, scale)
+        return pixels, *crop_image(pixels, self.config, original_size, scale), identity
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels, tensor, geometry = self._cropped(self.paths[index])
+            pixels, tensor, geometry, identity = self._cropped(self.paths[index])
         except ImageReadError as error:
             return {"index": index, "error": str(error)}
-        except (OSError, ValueError) as error:  # e.g. decompression-bomb limits, odd modes
-            return {"index": index, "error": f"cannot read image '{self.paths[index]}': {error}"}
+        except (OSError, ValueError, RuntimeError, MemoryError) as error:  # e.g. odd modes, no memory
+            name = display_path(self.paths[index])
+            return {"index": index, "error": f"cannot read image {name!r}: {type(error).__name__}: {error}"}
         original = pixels.permute(1, 2, 0) if self.keep_original else None  # (H, W, 3) for drawing, no copy
-        return {"index": index, "tensor": tensor, "original": original, "geometry": geometry, "error": None}
+        return {"index": index, "tensor": tensor, "original": original, "geometry": geometry,
+                "identity": identity, "error": None}  # fmt: skip
 
 
 def decoded_batches(
@@ -310,6 +321,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "tensors": tensors,
         "originals": [item["original"] for item in good],
         "geometries": [item["geometry"] for item in good],
+        "identities": [item["identity"] for item in good],
         "failures": [(item["index"], item["error"]) for item in items if item["error"] is not None],
     }
 
@@ -326,12 +338,34 @@ def same_size_groups(batch: dict[str, Any]) -> list[tuple[list[int], torch.Tenso
 
 
 def output_folder(path: Path, root: Path) -> str:
-    """A stable, collision-free folder name for ``path`` relative to ``root`` (``a/b.jpg`` -> ``a/b_jpg``)."""
+    """The folder of ``path``'s outputs, relative to the output folder: ``path`` relative to ``root``
+    (else its name), each part escaped so that different inputs never share a folder and every name is
+    valid UTF-8: ``a/b.jpg`` -> ``a/b_jpg``, ``x_y.png`` -> ``x_y_png``, ``x.y.png`` -> ``x%2Ey_png``.
+
+    In the file name the last ``.`` becomes ``_``, a ``_`` after it ``%5F``, an earlier ``.`` ``%2E``
+    (no dot at all: every ``_`` is ``%5F``); in folder names every ``.`` is ``%2E``; everywhere ``%`` is
+    ``%25`` and a byte that is not UTF-8 ``%XX``. So the last ``_`` of an escaped file name is its last
+    dot, the mapping can be undone, and no escaped part contains a dot, unlike every output file name.
+    """
     try:
         relative = path.relative_to(root)
     except ValueError:
         relative = Path(path.name)
-    return str(relative.with_name(relative.name.replace(".", "_")))
+    *folders, name = relative.parts
+    return "/".join([*(_escape(part).replace(".", "%2E") for part in folders), _escape_file_name(name)])
+
+
+def _escape(part: str) -> str:
+    """``%`` as ``%25`` and each byte that is not UTF-8 (a surrogate escape) as ``%XX``."""
+    part = part.replace("%", "%25")
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in part)
+
+
+def _escape_file_name(name: str) -> str:
+    stem, dot, extension = _escape(name).rpartition(".")
+    if not dot:
+        return extension.replace("_", "%5F")
+    return stem.replace(".", "%2E") + "_" + extension.replace("_", "%5F")
 
 
 def common_root(paths: Sequence[Path]) -> Path:
@@ -834,15 +868,23 @@ def _write_outputs(
     raws: dict[str, np.ndarray | None], scores: dict[str, list[float]], targets: ItemTargets,
     settings: ExplainSettings, durable: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Writer task: every output file of one item; ``record`` with their paths (item.json is the commit's)."""
-    record["outputs"] = _write_item(item_dir, original, maps, raws, targets, scores, settings, durable)
+    """Writer task: every output file of one item (after removing the temp files a killed run left in
+    its folder); ``record`` with their paths and ``"files"``, each output's name and size (item.json
+    is the commit's). A failure to draw or encode this item (not to write: an OSError stops the job)
+    gives ``{"error": why}`` instead, and the item is reported failed."""
+    remove_temp_files(item_dir)
+    try:
+        outputs = _write_item(item_dir, original, maps, raws, targets, scores, settings, durable)
+    except (ValueError, RuntimeError, MemoryError) as error:
+        return {"error": f"{record['input']}: cannot draw or encode its outputs: {type(error).__name__}: {error}"}
+    record["outputs"] = outputs
+    written = [Path(o[kind]) for o in outputs for kind in OUTPUT_KINDS if o[kind] is not None]
+    record["files"] = {file.name: file.stat().st_size for file in written}
     return record
 
 
 def _write_items(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """Writer task: :func:`_write_outputs` for each item of a share of one batch (one task per writer
-    and batch: 2 writer processes took 0.20 ms per raw-output item so, 0.39 with a task per item;
-    ``benchmarks/writer_pool.py``)."""
+    """Writer task: :func:`_write_outputs` for each item of a share of one batch."""
     return [_write_outputs(*item) for item in items]
 
 
@@ -862,8 +904,43 @@ def _commit(item_dirs: list[Path], writes: list[Future], synced_folder: Path | N
     if synced_folder is not None:
         sync_filesystem(synced_folder)
     for item_dir, record in zip(item_dirs, records, strict=True):
-        write_json_atomic(item_dir / "item.json", record, durable=False)
+        if "error" not in record:
+            write_json_atomic(item_dir / "item.json", record, durable=False)
     return records
+
+
+def _source_fields(path: Path) -> dict[str, str]:
+    """How a record names its input: ``"input"``, printable text (:func:`display_path`), and, for a
+    name that is not UTF-8, ``"input_bytes"``: the path's bytes in base64, from which
+    ``os.fsdecode(base64.b64decode(...))`` gives the path back."""
+    fields = {"input": display_path(path)}
+    if not is_utf8_path(path):
+        fields["input_bytes"] = base64.b64encode(os.fsencode(path)).decode("ascii")
+    return fields
+
+
+def finished_record(item_dir: Path, path: Path, key: Callable[[str | None], dict[str, Any]]) -> dict | None:
+    """The record of ``path``'s finished outputs in ``item_dir``, or None when the item must be (re)done:
+    ``item.json`` must parse, have been made with the same settings (``key(its layer)``), from the same
+    input (size and mtime_ns as read then) and every file it lists must exist with its recorded size."""
+    try:
+        record = json.loads((item_dir / "item.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("settings") != key(record.get("layer")):
+        return None
+    if record.get("source") is None or record.get("source") != file_identity(path):
+        return None
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return None
+    for name, size in files.items():
+        try:
+            if (item_dir / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return record
 
 
 #: The most decoding processes a job starts by default on an accelerator.
@@ -1005,17 +1082,20 @@ def explain_files(
     runner = None if task.name == "class" else TaskRunner(task, loaded, model, settings.show_top)
     pending: list[Path] = []
     records: dict[str, dict[str, Any]] = {}
+    outputs_folder = out_dir.resolve()
+    inside: list[Path] = []
     for path in paths:
-        item_json = out_dir / output_folder(path, root) / "item.json"
-        if not overwrite and item_json.is_file():
-            try:
-                record = json.loads(item_json.read_text())
-            except (OSError, json.JSONDecodeError):
-                record = None
-            if record is not None and record.get("settings") == settings.key(loaded.name, record.get("layer")):
-                records[str(path)] = record
-                summary.skipped += 1
-                continue
+        if is_inside(path, outputs_folder):
+            inside.append(path)
+            continue
+        record = None
+        if not overwrite:
+            key = functools.partial(settings.key, loaded.name)
+            record = finished_record(out_dir / output_folder(path, root), path, key)
+        if record is not None:
+            records[str(path)] = record
+            summary.skipped += 1
+            continue
         pending.append(path)
     shard = pending[rank::world]
 
@@ -1031,20 +1111,28 @@ def explain_files(
         while len(in_flight) > keep or (len(in_flight) > 1 and sum(i[3] for i in in_flight) > IN_FLIGHT_BYTES):
             path, commit, place, _ = in_flight.pop(0)
             record = commit.result()[place]
+            if "error" in record:
+                fail(path, record["error"])
+                continue
             records[str(path)] = record
             summary.done += 1
             shown = ", ".join(
                 f"{p['index']} {p['label']} {p.get('probability', p.get('score', 0.0)):.3f}"
                 for p in record["predictions"][:3]
             )
-            report(f"{path}: {shown}", False)
+            report(f"{display_path(path)}: {shown}", False)
             bar.update(1)
 
     def fail(path: Path, error: str) -> None:
         summary.failed += 1
-        summary.failures.append({"input": str(path), "error": error})
+        summary.failures.append({**_source_fields(path), "error": error})
         report(f"skipped: {error}", True)
         bar.update(1)
+
+    if rank == 0:
+        for path in inside:
+            fail(path, f"{display_path(path)} is inside the output folder {display_path(out_dir)}: outputs are "
+                       "not explained again; move it out or choose another output folder")  # fmt: skip
 
     pool, writer_count = _writer_pool(writers), _writer_count(writers)
     commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
@@ -1071,7 +1159,7 @@ def explain_files(
                 )
                 for position, error in failures:
                     path = shard[batch["indices"][positions[position]]]
-                    fail(path, f"{path}: {error}")
+                    fail(path, f"{display_path(path)}: {error}")
                 if not kept:
                     continue
                 key = settings.key(loaded.name, explainers.layer)
@@ -1081,7 +1169,7 @@ def explain_files(
                 writes: list[tuple[Any, ...]] = []  # this group's items: _write_outputs' arguments
                 holds: list[tuple[Path, int]] = []
                 on_originals = {
-                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries, writers > 0)
+                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries, own_storage=False)
                     if settings.on_original_pixels else None
                     for name, e in results.items()
                 }  # fmt: skip
@@ -1098,7 +1186,8 @@ def explain_files(
                     pixels = batch["originals"][at]  # None when nothing is drawn
                     original = Image.fromarray(pixels.numpy()) if pixels is not None else None
                     record = {
-                        "input": str(path),
+                        **_source_fields(path),
+                        "source": batch["identities"][at],
                         "size": list(geometry.original_size),
                         "geometry": geometry.to_json(),
                         "predictions": targets.predictions,
@@ -1140,6 +1229,7 @@ def explain_files(
             "items": summary.items,
             "failed": summary.failures,
         }
+        remove_temp_files(out_dir)
         write_json_atomic(out_dir / "manifest.json", manifest)
     barrier()
     summary.seconds = time.perf_counter() - start
@@ -1158,27 +1248,16 @@ def _merge_ranks(summary: JobSummary, records: dict[str, dict[str, Any]]) -> Job
     return merged
 
 
-def _writer_pool(writers: int) -> Executor:
-    """Processes that draw, encode and write the outputs, or with ``writers=0`` threads of this process,
-    one per torch thread: zlib, PIL's resampling and file writes release the GIL, so on a CPU device
-    the threads draw on every core while the model waits for them (Lite0, 2 cores, every output
-    written: 0.19 -> 0.26 x the forward's images/s with 2 threads instead of 1)."""
-    if writers <= 0:
-        return ThreadPoolExecutor(max_workers=_writer_count(writers), thread_name_prefix="gradcam-writer")
-    return ProcessPoolExecutor(
-        max_workers=writers, mp_context=multiprocessing.get_context("fork"), initializer=_init_writer
-    )
+def _writer_pool(writers: int) -> ThreadPoolExecutor:
+    """Threads of this process that draw, encode and write the outputs (:func:`_writer_count` of them):
+    zlib, PIL's resampling and file writes release the GIL. Threads end with the job's process, whatever
+    ends it; the job shuts them down before it returns or raises."""
+    return ThreadPoolExecutor(max_workers=_writer_count(writers), thread_name_prefix="gradcam-writer")
 
 
 def _writer_count(writers: int) -> int:
-    """How many writers :func:`_writer_pool` runs: ``writers`` processes, or one thread per torch thread."""
+    """How many writer threads :func:`_writer_pool` runs: ``writers``, or with 0 one per torch thread."""
     return writers if writers > 0 else max(1, torch.get_num_threads())
-
-
-def _init_writer() -> None:
-    """A forked writer must not enter the parent's OpenMP pool (it deadlocks after fork): one thread,
-    as torch's DataLoader workers do."""
-    torch.set_num_threads(1)
 
 
 def _progress(total: int, enabled: bool) -> Any:
