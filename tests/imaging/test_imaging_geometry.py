@@ -231,41 +231,6 @@ def test_geometry_json_round_trip_and_clear_errors() -> None:
         Geometry.from_json({**data, "crop_box": [1, 2, 3]})
 
 
-def _block_means(pixels: torch.Tensor, scale: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, ceil(H/scale), ceil(W/scale)): each block's rounded mean (the short
-    last blocks over the pixels they have), an ideal DCT-scaled decode."""
-    channels, height, width = pixels.shape
-    padded = (-(-height // scale) * scale, -(-width // scale) * scale)
-    values, counts = torch.zeros(1, channels, *padded), torch.zeros(1, 1, *padded)
-    values[..., :height, :width] = pixels.float()
-    counts[..., :height, :width] = 1
-    means = torch.nn.functional.avg_pool2d(values, scale) / torch.nn.functional.avg_pool2d(counts, scale)
-    return means[0].round().to(torch.uint8)
-
-
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_reduced_pixels_are_resampled_by_their_block_mapping(interpolation: str) -> None:
-    """A 1030 x 770 image decoded at 1/4 has 258 x 193 pixels, the last of each row and column covering
-    2 original pixels, not 4: resampled by the blocks' scale its crop is the full image's within ~1.5
-    levels on stripes that show any shift; resampled as if its 258 pixels spanned the width evenly,
-    about 7."""
-    width, height = 1030, 770
-    columns = 128 + 100 * torch.sin(2 * torch.pi * torch.arange(width) / 37)
-    rows = 128 + 100 * torch.sin(2 * torch.pi * torch.arange(height) / 29)
-    pixels = torch.stack([columns.expand(height, width), rows[:, None].expand(height, width),
-                          torch.full((height, width), 80.0)]).round().to(torch.uint8)  # fmt: skip
-    reduced = _block_means(pixels, 4)
-    config = PreprocessConfig(input_size=96, resize_size=110, interpolation=interpolation)
-    geometry = compute_geometry((width, height), config)
-    full = resized_crop(pixels, geometry, interpolation).float()
-    ours = (resized_crop(reduced, geometry, interpolation, scale=4).float() - full).abs()
-    evenly = resized_crop(reduced, compute_geometry((258, 193), config), interpolation).float()
-    assert ours.mean() < 1.6 and ours.max() <= 5
-    assert (evenly - full).abs().mean() > 4 * ours.mean()
-    with pytest.raises(ValueError, match="bilinear or bicubic"):
-        resized_crop(reduced, geometry, "nearest", scale=4)
-
-
 @pytest.mark.parametrize("size", [(300, 3), (3, 300)])
 def test_a_frame_too_large_to_build_is_sampled_as_it_would_be_resampled(size, monkeypatch) -> None:
     """Past FULL_FRAME_PIXELS the crop is sampled from the original and the maps from the crop: bilinear

@@ -21,7 +21,6 @@ from ..jobs.explain import (
     CLASS_TASKS,
     DEFAULT_OUTPUTS,
     DEFAULT_TASK,
-    DRAWN_OUTPUTS,
     JPEG_QUALITY,
     OUTPUT_KINDS,
     PICTURE_FORMATS,
@@ -86,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--writers",
         type=int,
         default=None,
-        help="processes drawing and writing outputs (default 2 on a GPU; 0 = threads, the CPU default)",
+        help="threads drawing and writing outputs (default 2 on a GPU; 0 = one per torch thread, the CPU default)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
@@ -101,15 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--picture-format",
         default="png",
         choices=PICTURE_FORMATS,
-        help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: ~8x smaller, "
-        "~10x faster to write)",
-    )
-    parser.add_argument(
-        "--reduced-decode",
-        action="store_true",
-        help="decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) when the model input "
-        "needs no more: ~4x faster on 12-megapixel photos, inputs a few levels off a full decode; "
-        "only with --outputs heatmap,raw (nothing is drawn)",
+        help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: smaller, "
+        "faster to write)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
@@ -130,11 +122,6 @@ def run(args: argparse.Namespace) -> int:
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
     if not valid_outputs(outputs):
         return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
-    if args.reduced_decode and DRAWN_OUTPUTS & set(outputs):
-        return _fail(
-            f"--reduced-decode cannot be combined with overlay or panel outputs (they are drawn on the full-size "
-            f"image); got --outputs {','.join(outputs)}: choose from heatmap,raw"
-        )
     if not args.paths and not args.samples:
         return _fail("give image files, folders or globs (or --samples for the bundled photos)")
     try:
@@ -159,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
         task=task,
         outputs=outputs,
         picture_format=args.picture_format,
-        reduced_decode=args.reduced_decode,
     )
     default_workers, default_writers = default_pipeline(device, len(paths))
     workers = default_workers if args.workers is None else args.workers

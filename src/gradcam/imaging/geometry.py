@@ -300,11 +300,9 @@ def compute_geometry(original_size: tuple[int, int], config: PreprocessConfig) -
     )
 
 
-def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str, scale: int = 1) -> torch.Tensor:
+def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str) -> torch.Tensor:
     """uint8 (3, H0, W0) ``pixels`` resized to ``geometry.resized_size`` and cropped to
-    ``geometry.crop_box``: uint8 (3, h, w). ``scale`` > 1: the pixels are the image decoded at
-    1/``scale`` (:func:`gradcam.imaging.io.read_reduced_pixels`; pixel ``i`` covers the original's
-    ``[scale * i, scale * (i + 1))``), resampled with the scale factor of that mapping, not of their count.
+    ``geometry.crop_box``: uint8 (3, h, w).
 
     Bilinear and bicubic use torch's antialiased uint8 kernels, the filters of PIL's resize (bicubic
     with a = -0.5, support scaled by the downscale factor) that torchvision's ``Resize`` uses on a PIL
@@ -316,20 +314,14 @@ def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str, s
     """
     left, top, right, bottom = geometry.crop_box
     width, height = geometry.resized_size
-    if scale > 1 and interpolation not in _ANTIALIASED:
-        raise ValueError(f"reduced pixels are resampled bilinear or bicubic; got {interpolation!r}")
-    if width * height > FULL_FRAME_PIXELS and scale == 1:
+    if width * height > FULL_FRAME_PIXELS:
         return _sampled_crop(pixels, geometry, interpolation)
     if interpolation == "nearest":
         image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         cropped = image.resize(geometry.resized_size, Image.Resampling.NEAREST).crop(geometry.crop_box)
         return torch.from_numpy(np.array(cropped, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     resized = pixels.unsqueeze(0)
-    if scale > 1:
-        original_w, original_h = geometry.original_size
-        factors = (height * scale / original_h, width * scale / original_w)  # output pixels per input pixel
-        resized = _ANTIALIASED[interpolation](resized, [height, width], False, *factors)
-    elif (width, height) != geometry.original_size:
+    if (width, height) != geometry.original_size:
         resized = F.interpolate(resized, size=(height, width), mode=interpolation, antialias=True)
     inside = resized[0, :, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
     if left >= 0 and top >= 0 and right <= width and bottom <= height:
@@ -338,13 +330,6 @@ def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str, s
     canvas = inside.new_zeros(3, crop_h, crop_w)
     canvas[:, max(top, 0) - top : min(bottom, height) - top, max(left, 0) - left : min(right, width) - left] = inside
     return canvas
-
-
-# F.interpolate's antialiased kernels, called with an output size and a scale factor both given
-_ANTIALIASED = {
-    "bilinear": torch.ops.aten._upsample_bilinear2d_aa,
-    "bicubic": torch.ops.aten._upsample_bicubic2d_aa,
-}
 
 
 def image_pixels(image: Image.Image | torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import functools
@@ -12,15 +11,11 @@ import importlib
 import io
 import json
 import logging
-import mmap
 import os
 import stat
 import struct
-import sys
 import tempfile
-import threading
 import warnings
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -111,59 +106,6 @@ def _decoded_pixels(data: bytes, opened: Image.Image, path: Path) -> torch.Tenso
     return image_pixels(_decode_with_pil(opened, path))
 
 
-def read_reduced_pixels(
-    path: str | os.PathLike[str], at_least: Callable[[tuple[int, int]], tuple[int, int]]
-) -> tuple[torch.Tensor, tuple[int, int], int]:
-    """``(pixels, original size, scale)``: a JPEG decoded at 1/``scale`` of its size by libjpeg's DCT
-    scaling (PIL's ``draft``), for the largest ``scale`` in 8, 4, 2 whose result is still at least
-    ``at_least(original size)`` (W, H) pixels; other files and those that cannot be reduced come from
-    :func:`read_pixels` at scale 1. Sizes are upright (EXIF orientation applied), as the pixels are.
-
-    Pixel ``i`` of the result covers the original's pixels ``[scale * i, scale * (i + 1))`` (the last
-    may cover fewer), so ``resized_crop(pixels, geometry, ..., scale)`` maps it exactly; for that, a
-    side that the orientation flips (where the short block would come first) is reduced only by a
-    scale that divides it. A 4032 x 3024 photo decodes in ~17 instead of ~57-82 ms
-    (``benchmarks/decode_scale.py``); the values differ from a full decode resized by a few levels:
-    the scaled IDCT is a box filter, not the resize's.
-    """
-    path = Path(path)
-    data, _ = read_file(path)
-    with _read_errors(path):
-        opened = _open(data)
-        orientation = _known_orientation(opened)
-        if opened.format == "JPEG" and orientation is not None:
-            width, height = opened.size
-            transposed = orientation in (5, 6, 7, 8)
-            need_w, need_h = at_least((height, width) if transposed else (width, height))
-            if transposed:
-                need_w, need_h = need_h, need_w
-            flips_x, flips_y = _FLIPPED_SIDES[orientation]  # of the stored image
-            scale = next(
-                (
-                    s
-                    for s in (8, 4, 2)
-                    if width // s >= need_w and height // s >= need_h
-                    and not (flips_x and width % s) and not (flips_y and height % s)
-                ),
-                1,
-            )
-            if scale > 1:
-                opened.draft(opened.mode, (width // scale, height // scale))  # PIL then picks this scale
-                if opened.size == (-(-width // scale), -(-height // scale)):
-                    pixels = image_pixels(_decode_with_pil(opened, path))
-                    return pixels, ((height, width) if transposed else (width, height)), scale
-                opened = _open(data)  # not the scale asked for: decoded whole
-        pixels = _decoded_pixels(data, opened, path)
-    return pixels, (int(pixels.shape[2]), int(pixels.shape[1])), 1
-
-
-# EXIF orientation -> whether it flips the stored image's (x, y) axes (2: mirror, 6: turn clockwise, ...)
-_FLIPPED_SIDES = {
-    1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
-    5: (False, False), 6: (False, True), 7: (True, True), 8: (True, False),
-}  # fmt: skip
-
-
 def _known_orientation(opened: Image.Image) -> int | None:
     """The orientation (1-8) that PIL's ``exif_transpose`` will apply to ``opened`` (its ``getexif``
     reads it from EXIF, else from XMP), or None for a broken EXIF block or an invalid value."""
@@ -171,7 +113,7 @@ def _known_orientation(opened: Image.Image) -> int | None:
         orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:
         return None
-    return orientation if orientation in _FLIPPED_SIDES else None
+    return orientation if orientation in range(1, 9) else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -492,174 +434,23 @@ def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-@functools.lru_cache(maxsize=1)
-def _syncfs() -> Callable[[int], int] | None:
-    """Linux's ``syncfs(2)`` from the C library, or None elsewhere (or in a C library without it)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return function
-
-
-def can_sync_filesystem() -> bool:
-    """Whether :func:`sync_filesystem` works here (Linux)."""
-    return _syncfs() is not None
-
-
-def sync_filesystem(folder: str | os.PathLike[str]) -> None:
-    """Flush every file written so far on ``folder``'s filesystem to its disk and wait for it (Linux's
-    ``syncfs(2)``): one journal commit for a whole batch of files written with ``durable=False``, where
-    an fsync per file costs one each (ext4, batches of 16 files of 324 bytes: 0.23 against 0.63 ms of
-    CPU per file; ``benchmarks/write_durability.py``). Raises OSError when the kernel reports a failed
-    write, NotImplementedError off Linux."""
-    syncfs = _syncfs()
-    if syncfs is None:
-        raise NotImplementedError("sync_filesystem needs Linux's syncfs(2); write each file with durable=True")
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        if syncfs(descriptor) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"cannot flush the files written under '{folder}' to disk: {os.strerror(code)}")
-    finally:
-        os.close(descriptor)
-
-
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
-    """Atomically write ``data`` to ``path`` (see :func:`_write_atomic`; large files as
-    :func:`_write_past_page_cache` writes them)."""
-    return _write_atomic(path, lambda file: _write_past_page_cache(file, [data]), durable)
-
-
-#: Files of at least this many bytes are written past the page cache (O_DIRECT) where the file system
-#: takes it: a 640 x 480 float32 heatmap is 1.2 MB, a raw map or an item.json a few hundred bytes.
-DIRECT_WRITE_BYTES = 1 << 18
-_DIRECT_ALIGNMENT = 4096  # O_DIRECT's alignment of buffer, offset and length (the largest logical block in use)
-_DIRECT_REFUSED: set[int] = set()  # st_dev of the file systems that refused O_DIRECT
-_direct_buffers = threading.local()  # each thread's page-aligned buffer, reused
-_KEPT_BUFFER_BYTES = 16 << 20  # a larger one (a 12-megapixel photo's 48 MB map) is made for its file only
-
-
-def _write_past_page_cache(file: IO[bytes], chunks: Sequence[bytes | memoryview]) -> None:
-    """Write ``chunks`` to the new, empty ``file``, with O_DIRECT when they add up to at least
-    :data:`DIRECT_WRITE_BYTES` on Linux: copied into an aligned buffer, written straight to the disk
-    (the length padded to :data:`_DIRECT_ALIGNMENT`, then truncated), so that the bytes do not fill
-    the page cache and leave nothing for the next filesystem sync to write back. A file system that
-    refuses O_DIRECT (``EINVAL``) gets ordinary writes, now and for the rest of the process;
-    ``GRADCAM_DIRECT_WRITES=0`` in the environment turns O_DIRECT off (a disk slow to answer each
-    write, where the page cache and the batch's sync would hide its latency).
-
-    Measured on this project's 2-core VM, per 1.2 MB file: 0.5-0.65 ms of CPU against 0.57 ms
-    buffered when the page cache is warm, 7-8.5 ms when filling it costs the VM fresh memory;
-    1.4-2.5 ms of wall time waiting for the disk (docs/benchmarks.md)."""
-    size = sum(len(chunk) for chunk in chunks)
-    direct = getattr(os, "O_DIRECT", 0) if os.environ.get("GRADCAM_DIRECT_WRITES", "1") != "0" else 0
-    device = os.fstat(file.fileno()).st_dev if direct and size >= DIRECT_WRITE_BYTES else None
-    if device is None or device in _DIRECT_REFUSED:
-        for chunk in chunks:
-            file.write(chunk)
-        return
-    padded = -(-size // _DIRECT_ALIGNMENT) * _DIRECT_ALIGNMENT
-    kept = buffer = getattr(_direct_buffers, "buffer", None)
-    if kept is None or len(kept) < padded:
-        # private: a forked writer process gets its own copy, not a buffer shared with this one
-        buffer = mmap.mmap(-1, padded, flags=mmap.MAP_PRIVATE)
-        if padded <= _KEPT_BUFFER_BYTES:
-            if kept is not None:
-                kept.close()
-            _direct_buffers.buffer = buffer
-    with memoryview(buffer) as view:
-        offset = 0
-        for chunk in chunks:
-            view[offset : offset + len(chunk)] = memoryview(chunk).cast("B")
-            offset += len(chunk)  # the padding after them is cut off again by the truncation
-        try:
-            descriptor = os.open(file.name, os.O_WRONLY | direct | getattr(os, "O_CLOEXEC", 0))
-            try:
-                written = 0
-                while written < padded:
-                    written += os.write(descriptor, view[written:padded])
-                os.ftruncate(descriptor, size)
-            finally:
-                os.close(descriptor)
-            return
-        except OSError as error:
-            if error.errno != errno.EINVAL:
-                raise
-            _DIRECT_REFUSED.add(device)
-        file.write(view[:size])  # over whatever the refused writes left
-        file.truncate()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an (H, W) grayscale or (H, W, 3) RGB uint8 array, built for speed.
-
-    Every scanline uses PNG filter 2 ('Up': ``row[y] - row[y - 1] mod 256``, the first row against
-    zeros), computed in one numpy subtraction, and the filtered rows go through one zlib stream at
-    ``compress_level`` with the run-length strategy. On photo-sized overlays this is about 3 x faster
-    than PIL's encoder at level 1 (which tries filters per row) for files of the same size; any PNG
-    reader decodes the exact pixels.
-    """
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
-        raise ValueError(f"encode_png needs an (H, W) or (H, W, 3) uint8 array; got {pixels.dtype} {pixels.shape}")
-    height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, -1)
-    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 2
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256
-    stream = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = stream.compress(filtered.data) + stream.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    """Atomically write ``data`` to ``path`` (``durable`` as in :func:`_write_atomic`)."""
+    return _write_atomic(path, lambda file: file.write(data), durable)
 
 
 def save_png_atomic(
     path: str | os.PathLike[str], image: Image.Image, compress_level: int = 1, durable: bool = True
 ) -> Path:
-    """Atomically save a PIL image as PNG at ``path`` (``durable`` as in :func:`_write_atomic`).
-
-    RGB and 8-bit grayscale images go through :func:`encode_png` (zlib level ``compress_level``; 1 is
-    the fastest), other modes through PIL. The pixels are identical either way.
-    """
-    if image.mode in ("RGB", "L"):
-        data = encode_png(np.asarray(image), compress_level)
-        return write_bytes_atomic(path, data, durable)
-    return _write_atomic(
-        path, lambda file: image.save(file, format="PNG", compress_level=compress_level), durable
-    )
+    """Atomically save a PIL image as PNG at ``path`` with PIL's encoder (zlib level ``compress_level``;
+    1 is the fastest; the pixels are the same at every level); ``durable`` as in :func:`_write_atomic`."""
+    return _write_atomic(path, lambda file: image.save(file, format="PNG", compress_level=compress_level), durable)
 
 
 def save_npy_atomic(path: str | os.PathLike[str], array: np.ndarray, durable: bool = True) -> Path:
-    """Atomically save an array in .npy format (``allow_pickle=False``: object arrays are refused);
+    """Atomically save an array with ``np.save`` (``allow_pickle=False``: object arrays are refused);
     ``durable`` as in :func:`_write_atomic`."""
-    array = np.asarray(array)
-    if array.nbytes >= DIRECT_WRITE_BYTES and not array.dtype.hasobject:
-        array = np.ascontiguousarray(array)
-        header = _npy_header(array)
-        if header is not None:
-            chunks = [header, memoryview(array.reshape(-1).view(np.uint8))]
-            return _write_atomic(path, lambda file: _write_past_page_cache(file, chunks), durable)
-    return _write_atomic(path, lambda file: np.save(file, array, allow_pickle=False), durable)
-
-
-def _npy_header(array: np.ndarray) -> bytes | None:
-    """The header np.save writes before a C-ordered ``array`` (format 1.0), or None where its header is
-    too long for 1.0 (np.save then picks a later version)."""
-    header = io.BytesIO()
-    try:
-        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    except ValueError:
-        return None
-    return header.getvalue()
+    return _write_atomic(path, lambda file: np.save(file, np.asarray(array), allow_pickle=False), durable)
 
 
 def _json_default(value: Any) -> Any:

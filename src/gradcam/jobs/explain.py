@@ -4,11 +4,12 @@ For every readable image it writes, in ``OUT/<relative path>/``, per method and 
 an overlay at the image's original resolution (PNG, or JPEG with ``picture_format="jpg"``), the map
 as ``.npy`` (float32, original resolution), a panel like the paper's figures, on request the method's
 raw map (``_raw.npy``: :attr:`Explanation.raw`, e.g. the 7 x 7 Grad-CAM before upsampling and
-normalisation), and ``item.json`` last (the item is done once it exists; it records the image's
-preprocessing :class:`Geometry`, from which :func:`heatmap_from_raw` rebuilds the heatmap) once
-its outputs are on the disk: one filesystem sync per batch on Linux, an fsync per file elsewhere.
+normalisation), and ``item.json`` last. Every file is written to a temp file and renamed onto its
+name (``os.replace``); each output is fsynced first, so once ``item.json`` exists its outputs are on
+the disk. ``item.json`` records the image's preprocessing :class:`Geometry` (from which
+:func:`heatmap_from_raw` rebuilds the heatmap), the input's size and mtime, and each output's size.
 ``OUT/manifest.json`` lists every item. A bad file is reported and skipped; a rerun skips finished
-items unless ``overwrite``.
+items (:func:`finished_record`) unless ``overwrite``.
 
 The explained scalar ``y`` (Selvaraju et al., ICCV 2017, sec. 3: any differentiable score) is set
 by :class:`TaskOptions`: a class logit (default, the paper's ``y^c``), a class probability, a
@@ -54,18 +55,15 @@ from ..imaging.geometry import (
 )
 from ..imaging.io import (
     ImageReadError,
-    can_sync_filesystem,
     decode_pixels,
     display_path,
     file_identity,
     is_inside,
     is_utf8_path,
     read_file,
-    read_reduced_pixels,
     remove_temp_files,
     save_npy_atomic,
     save_png_atomic,
-    sync_filesystem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -130,8 +128,8 @@ OUTPUT_KINDS = ("overlay", "heatmap", "panel", "raw")
 DRAWN_OUTPUTS = frozenset({"overlay", "panel"})
 #: What is written when no outputs are named.
 DEFAULT_OUTPUTS = ("overlay", "heatmap", "panel")
-#: How overlays and panels are stored: PNG (lossless, the default) or JPEG at quality 95 (about 8 x
-#: smaller and 10 x faster to encode than our PNG encoder on a 640 x 480 overlay).
+#: How overlays and panels are stored: PNG (lossless, the default) or JPEG at quality 95 (smaller and
+#: faster to encode; docs/benchmarks.md).
 PICTURE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
 
@@ -155,16 +153,10 @@ class ExplainSettings:
     task: TaskOptions = field(default_factory=TaskOptions)
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     picture_format: str = "png"
-    reduced_decode: bool = False  # JPEGs decoded at a DCT scale (ImageFiles); nothing drawn
 
     def __post_init__(self) -> None:
         if not valid_outputs(self.outputs):
             raise ValueError(f"outputs must be a non-empty subset of {', '.join(OUTPUT_KINDS)}; got {self.outputs}")
-        if self.reduced_decode and self.draws:
-            raise ValueError(
-                "reduced_decode cannot be combined with overlay or panel outputs, which are drawn on the full-size "
-                f"image; got outputs {','.join(self.outputs)} (heatmap and raw can be)"
-            )
         if self.picture_format not in PICTURE_FORMATS:
             raise ValueError(f"picture_format must be one of {', '.join(PICTURE_FORMATS)}; got {self.picture_format!r}")
 
@@ -189,8 +181,6 @@ class ExplainSettings:
             data.pop("outputs")
         if self.picture_format == "png":
             data.pop("picture_format")
-        if not self.reduced_decode:
-            data.pop("reduced_decode")
         return json.loads(json.dumps({"model": model_name, "layer": layer, **data}))
 
 
@@ -214,53 +204,29 @@ def prepare_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -
     return normalize_pixels(pixels, config), geometry
 
 
-def crop_image(
-    image: Image.Image | torch.Tensor,
-    config: PreprocessConfig,
-    original_size: tuple[int, int] | None = None,
-    scale: int = 1,
-) -> tuple[torch.Tensor, Geometry]:
+def crop_image(image: Image.Image | torch.Tensor, config: PreprocessConfig) -> tuple[torch.Tensor, Geometry]:
     """The model input's uint8 (3, h, w) pixels for one image, before normalisation, and its Geometry:
     the job decodes and crops in its decoding workers and normalises whole batches on the device, so
-    a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes.
-    ``original_size`` and ``scale``: the image was decoded at 1/``scale`` of that size
-    (:func:`gradcam.imaging.io.read_reduced_pixels`); the Geometry is the full image's."""
+    a batch crosses between processes and onto the device as uint8, a quarter of float32's bytes."""
     pixels = image_pixels(image)
-    size = original_size or (int(pixels.shape[2]), int(pixels.shape[1]))
-    geometry = config.geometry(size)  # whole-image configs: no crop
-    return resized_crop(pixels, geometry, config.pil_resample.name.lower(), scale), geometry
+    geometry = config.geometry((int(pixels.shape[2]), int(pixels.shape[1])))  # whole-image configs: no crop
+    return resized_crop(pixels, geometry, config.pil_resample.name.lower()), geometry
 
 
 class ImageFiles(Dataset):
     """Decodes and crops one file per item (:func:`crop_image`: uint8 pixels, normalised per batch by
-    :func:`normalize_pixels`); a bad file becomes an error record, not an exception. With
-    ``reduced_decode``, JPEGs are decoded at the smallest DCT scale the model input allows
-    (:func:`gradcam.imaging.io.read_reduced_pixels`; models that resize by nearest neighbour get the
-    full decode); nothing can then be drawn on the full image."""
+    :func:`normalize_pixels`); a bad file becomes an error record, not an exception."""
 
-    def __init__(
-        self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True, reduced_decode: bool = False
-    ) -> None:
-        if reduced_decode and keep_original:
-            raise ValueError("reduced_decode keeps no original pixels to draw on: pass keep_original=False")
+    def __init__(self, paths: Sequence[Path], config: PreprocessConfig, keep_original: bool = True) -> None:
         self.paths = list(paths)
         self.config = config
         self.keep_original = keep_original  # the decoded pixels, for drawing
-        self.reduced_decode = reduced_decode and config.pil_resample.name.lower() in ("bilinear", "bicubic")
 
-    def _least_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
-        """The fewest pixels the model input is resampled from: the resized frame."""
-        return self.config.geometry(original_size).resized_size
-
-    def _cropped(self, path: Path) -> tuple[torch.Tensor, torch.Tensor, Geometry, dict[str, int] | None]:
+    def _cropped(self, path: Path) -> tuple[torch.Tensor, torch.Tensor, Geometry, dict[str, int]]:
         """``(decoded pixels, model input's uint8 pixels, Geometry, the file's identity)`` of one file."""
-        if not self.reduced_decode:
-            data, identity = read_file(path)
-            pixels = decode_pixels(data, path)  # (3, H, W), a view of an (H, W, 3) buffer
-            return pixels, *crop_image(pixels, self.config), identity
-        identity = file_identity(path)
-        pixels, original_size, scale = read_reduced_pixels(path, self._least_size)
-        return pixels, *crop_image(pixels, self.config, original_size, scale), identity
+        data, identity = read_file(path)
+        pixels = decode_pixels(data, path)  # (3, H, W), a view of an (H, W, 3) buffer
+        return pixels, *crop_image(pixels, self.config), identity
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -812,10 +778,9 @@ def _write_item(
     targets: ItemTargets,
     scores: dict[str, list[float]],
     settings: ExplainSettings,
-    durable: bool,
 ) -> list[dict[str, Any]]:
     """Draw and write one image's outputs (those in ``settings.outputs``; a file not written is recorded
-    as None; each fsynced when ``durable``); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the
+    as None; each fsynced); ``maps[method]`` is (k, H0, W0) or (k, C, H0, W0) on the
     CPU, ``raws[method]`` the k raw maps, a float32 array (None when not needed)."""
     outputs = []
     kinds, drawn = set(settings.outputs), settings.draws
@@ -838,35 +803,35 @@ def _write_item(
                 tiles.append(picture)
                 titles.append(f"{TITLES.get(name, name)}: {label}")
                 if "overlay" in kinds:
-                    output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format, durable))
+                    output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format))
             if "heatmap" in kinds:
                 heatmap = _saliency_2d(on_original).numpy()
-                output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", heatmap, durable))
+                output["heatmap"] = str(save_npy_atomic(item_dir / f"{stem}.npy", heatmap))
             if "raw" in kinds:
-                output["raw"] = str(save_npy_atomic(item_dir / f"{stem}_raw.npy", raws[name][j], durable))
+                output["raw"] = str(save_npy_atomic(item_dir / f"{stem}_raw.npy", raws[name][j]))
             outputs.append(output)
         if "panel" in kinds:
             panel = draw.panel(tiles, titles, tile_height=min(original.height, PANEL_TILE_HEIGHT))
             panel_stem = item_dir / f"panel_{target_id}_{_slug(label)}"
-            panel_path = _save_picture(panel_stem, panel, settings.picture_format, durable)
+            panel_path = _save_picture(panel_stem, panel, settings.picture_format)
             for output in outputs[-len(maps) :]:
                 output["panel"] = str(panel_path)
     return outputs
 
 
-def _save_picture(stem: Path, picture: Image.Image, picture_format: str, durable: bool) -> Path:
+def _save_picture(stem: Path, picture: Image.Image, picture_format: str) -> Path:
     """Write ``stem.png`` (lossless) or ``stem.jpg`` (quality :data:`JPEG_QUALITY`) atomically."""
     if picture_format == "jpg":
         data = io.BytesIO()
         picture.convert("RGB").save(data, format="JPEG", quality=JPEG_QUALITY)
-        return write_bytes_atomic(stem.with_name(stem.name + ".jpg"), data.getvalue(), durable)
-    return save_png_atomic(stem.with_name(stem.name + ".png"), picture, durable=durable)
+        return write_bytes_atomic(stem.with_name(stem.name + ".jpg"), data.getvalue())
+    return save_png_atomic(stem.with_name(stem.name + ".png"), picture)
 
 
 def _write_outputs(
     item_dir: Path, record: dict[str, Any], original: Image.Image | None, maps: dict[str, torch.Tensor | None],
     raws: dict[str, np.ndarray | None], scores: dict[str, list[float]], targets: ItemTargets,
-    settings: ExplainSettings, durable: bool,
+    settings: ExplainSettings,
 ) -> dict[str, Any]:  # fmt: skip
     """Writer task: every output file of one item (after removing the temp files a killed run left in
     its folder); ``record`` with their paths and ``"files"``, each output's name and size (item.json
@@ -874,7 +839,7 @@ def _write_outputs(
     gives ``{"error": why}`` instead, and the item is reported failed."""
     remove_temp_files(item_dir)
     try:
-        outputs = _write_item(item_dir, original, maps, raws, targets, scores, settings, durable)
+        outputs = _write_item(item_dir, original, maps, raws, targets, scores, settings)
     except (ValueError, RuntimeError, MemoryError) as error:
         return {"error": f"{record['input']}: cannot draw or encode its outputs: {type(error).__name__}: {error}"}
     record["outputs"] = outputs
@@ -894,15 +859,12 @@ def _shares(items: list[Any], count: int) -> list[list[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def _commit(item_dirs: list[Path], writes: list[Future], synced_folder: Path | None) -> list[dict[str, Any]]:
+def _commit(item_dirs: list[Path], writes: list[Future]) -> list[dict[str, Any]]:
     """Commit-thread task for one batch: wait for its writer tasks (their records, in the order of
-    ``item_dirs``), make the outputs durable with one filesystem sync (``synced_folder``; None: the
-    writers fsynced each file), then write each item's ``item.json``, the done marker, last: present,
-    its outputs are on the disk. It is not fsynced itself: lost or empty after a power cut, the rerun
-    redoes the item."""
+    ``item_dirs``; each output was fsynced), then write each item's ``item.json``, the done marker,
+    last: present, its outputs are on the disk. It is not fsynced itself: lost or empty after a power
+    cut, the rerun redoes the item."""
     records = [record for write in writes for record in write.result()]  # a writer's error is re-raised here
-    if synced_folder is not None:
-        sync_filesystem(synced_folder)
     for item_dir, record in zip(item_dirs, records, strict=True):
         if "error" not in record:
             write_json_atomic(item_dir / "item.json", record, durable=False)
@@ -945,18 +907,13 @@ def finished_record(item_dir: Path, path: Path, key: Callable[[str | None], dict
 
 #: The most decoding processes a job starts by default on an accelerator.
 MAX_DECODING_WORKERS = 16
-#: At most this many bytes of maps and pixels wait for the writers (12-megapixel photos: 48 MB per map).
-IN_FLIGHT_BYTES = 1 << 30
 _RESAMPLE_ELEMENTS = 1 << 25  # at most 128 MiB of float32 maps on original pixels per resampling call
 
 
-def maps_to_originals(
-    maps: torch.Tensor, geometries: Sequence[Geometry], own_storage: bool = True
-) -> list[torch.Tensor]:
+def maps_to_originals(maps: torch.Tensor, geometries: Sequence[Geometry]) -> list[torch.Tensor]:
     """Row i of ``maps`` (B, ...) on image i's original pixels (:meth:`Geometry.to_original`), float32
-    on the CPU; rows that share a geometry (same-size images) are resampled in one call. Each row has
-    its own storage if ``own_storage`` (a writer process is sent that row alone), else it may be a view
-    of its call's result (writer threads: no 1.2 MB copy per 640 x 480 map)."""
+    on the CPU; rows that share a geometry (same-size images) are resampled in one call, and a row may
+    be a view of its call's result."""
     rows_of: dict[Geometry, list[int]] = {}
     for row, geometry in enumerate(geometries):
         rows_of.setdefault(geometry, []).append(row)
@@ -968,15 +925,12 @@ def maps_to_originals(
             chunk = rows[start : start + per_call]
             index = torch.tensor(chunk, device=maps.device)
             for row, original in zip(chunk, geometry.to_original(maps.index_select(0, index).float()).cpu()):
-                mapped[row] = original.clone() if own_storage else original
+                mapped[row] = original
     return mapped
 
 
 def _raw_rows(maps: torch.Tensor) -> list[np.ndarray]:
-    """The rows of ``maps`` as float32 numpy arrays, each its own copy (one device copy for all). Not
-    tensors: a tensor goes to a writer process through shared memory and a file descriptor, so a
-    raw-output item took 0.89 ms through 2 writer processes with a 7 x 7 tensor and 0.39 ms with an
-    array (``benchmarks/writer_pool.py``, a task per item)."""
+    """The rows of ``maps`` as float32 numpy arrays, each its own copy (one device copy for all)."""
     return [row.copy() for row in maps.detach().float().cpu().numpy()]
 
 
@@ -1029,13 +983,12 @@ def _explain_group(
 
 
 def default_pipeline(device: torch.device, files: int) -> tuple[int, int]:
-    """``(decoding workers, writer processes)`` for ``files`` images on ``device`` when not given.
+    """``(decoding workers, writer threads)`` for ``files`` images on ``device`` when not given.
 
-    On the CPU the model's own threads already use every core, so both stay in this process (0: threads;
-    measured on 2 cores, heatmap outputs: 30.5 images/s in process against 16-19 with 1 decoder or
-    writer). On an accelerator the host decodes: ~2.3-3 ms of CPU per 640 x 480 JPEG, so n cores keep
-    up with at most ~n x 350 images/s against a forward of thousands per second; every core the main
-    process and the 2 writers leave decodes (cores - 3, at least 1, at most 16 and files - 1).
+    On the CPU the model's own threads already use every core: decoding stays in this process (0:
+    threads between model steps) and the writers are one thread per torch thread (0). On an accelerator
+    the host decodes in DataLoader worker processes, every core but 3 (the main process and 2 writer
+    threads; at least 1, at most 16 and files - 1).
     """
     if device.type == "cpu":
         return 0, 0
@@ -1061,9 +1014,9 @@ def explain_files(
 
     Decoding runs in ``workers`` DataLoader processes, overlapping the model (on a GPU), or with
     ``workers=0`` in ``torch.get_num_threads()`` threads between model steps (on a CPU, where the
-    model uses every core); drawing/encoding runs in ``writers`` processes (0: threads), beside the
-    model on an accelerator and between model steps on a CPU (a batch's writes finish, while the next
-    batch decodes, before that batch's explanation call). Under
+    model uses every core); drawing/encoding runs in ``writers`` threads (0: one per torch thread),
+    beside the model on an accelerator and between model steps on a CPU (a batch's writes finish,
+    while the next batch decodes, before that batch's explanation call). Under
     ``torchrun`` each rank takes a disjoint shard (``pending[rank::world]``) and rank 0 writes the
     merged manifest. Non-class tasks look at the model's output once per batch (no gradients) to build
     the target and the predictions.
@@ -1099,17 +1052,14 @@ def explain_files(
         pending.append(path)
     shard = pending[rank::world]
 
-    files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws, reduced_decode=settings.reduced_decode)
+    files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
     loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
     bar = _progress(len(shard), progress and rank == 0)
-    # (input, its batch's commit, its place in the batch, bytes of maps and pixels its writer task holds)
-    in_flight: list[tuple[Path, Future, int, int]] = []
-    # One filesystem sync per batch makes its outputs durable where it can (Linux), else one fsync per file.
-    synced_folder = out_dir if can_sync_filesystem() else None
+    in_flight: list[tuple[Path, Future, int]] = []  # (input, its batch's commit, its place in the batch)
 
     def drain(keep: int) -> None:
-        while len(in_flight) > keep or (len(in_flight) > 1 and sum(i[3] for i in in_flight) > IN_FLIGHT_BYTES):
-            path, commit, place, _ = in_flight.pop(0)
+        while len(in_flight) > keep:
+            path, commit, place = in_flight.pop(0)
             record = commit.result()[place]
             if "error" in record:
                 fail(path, record["error"])
@@ -1167,9 +1117,9 @@ def explain_files(
                 scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
                 kept_geometries = [batch["geometries"][positions[p]] for p in kept]
                 writes: list[tuple[Any, ...]] = []  # this group's items: _write_outputs' arguments
-                holds: list[tuple[Path, int]] = []
+                inputs: list[Path] = []
                 on_originals = {
-                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries, own_storage=False)
+                    name: maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
                     if settings.on_original_pixels else None
                     for name, e in results.items()
                 }  # fmt: skip
@@ -1199,16 +1149,13 @@ def explain_files(
                     }
                     item_scores = {name: values[row] for name, values in scores.items()}
                     item_dir = out_dir / output_folder(path, root)
-                    writes.append((item_dir, record, original, maps, item_raws, item_scores, targets, settings,
-                                   synced_folder is None))  # fmt: skip
-                    arrays = [m for m in (*maps.values(), *item_raws.values()) if m is not None]
-                    held = sum(m.nbytes for m in arrays)
-                    holds.append((path, held + (0 if pixels is None else pixels.numel())))
+                    writes.append((item_dir, record, original, maps, item_raws, item_scores, targets, settings))
+                    inputs.append(path)
                 tasks = [pool.submit(_write_items, share) for share in _shares(writes, writer_count)]
                 writing.extend(tasks)
-                commit = commits.submit(_commit, [item[0] for item in writes], tasks, synced_folder)
-                in_flight.extend((path, commit, place, held) for place, (path, held) in enumerate(holds))
-            drain(keep=2 * batch_size)  # bounded: at most two batches, and IN_FLIGHT_BYTES, of drawing behind
+                commit = commits.submit(_commit, [item[0] for item in writes], tasks)
+                in_flight.extend((path, commit, place) for place, path in enumerate(inputs))
+            drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind
         drain(keep=0)
     finally:
         loader.close()  # stops the decoding threads (and restores the thread setting) even on an error
