@@ -33,22 +33,13 @@ from pathlib import Path
 import torch
 from folder_throughput import make_folder
 
+from gradcam.batch.explainers import _Explainers
+from gradcam.batch.inputs import ImageFiles, decoded_batches
+from gradcam.batch.loop import default_pipeline, explain_files
+from gradcam.batch.outputs import _commit, _saliency_2d, _shares, _writer_count, _writer_pool, maps_to_originals
+from gradcam.batch.settings import ExplainSettings
 from gradcam.imaging.geometry import normalize_pixels
 from gradcam.imaging.io import save_npy_atomic
-from gradcam.jobs.explain import (
-    ExplainSettings,
-    ImageFiles,
-    _commit,
-    _Explainers,
-    _saliency_2d,
-    _shares,
-    _writer_count,
-    _writer_pool,
-    decoded_batches,
-    default_pipeline,
-    explain_files,
-    maps_to_originals,
-)
 from gradcam.models import load_model
 from gradcam.runtime import keep_freed_memory
 

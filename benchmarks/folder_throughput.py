@@ -47,9 +47,9 @@ import torchvision
 from PIL import Image, ImageOps
 
 from gradcam.assets import sample_names, sample_path
+from gradcam.batch import loop as jobs
 from gradcam.imaging import io as image_io
 from gradcam.jobs import ExplainSettings, explain_files
-from gradcam.jobs import explain as jobs
 from gradcam.jobs.explain import OUTPUT_KINDS, default_pipeline
 from gradcam.models import LoadedModel, load_model
 from gradcam.runtime import keep_freed_memory

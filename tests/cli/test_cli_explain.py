@@ -283,13 +283,13 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
     committed before it are kept, and the rerun writes only the others."""
     import errno
 
-    from gradcam.jobs import explain as jobs
+    from gradcam.batch import outputs
 
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("coffee", "rocket", "chelsea_cat"):
         shutil.copy(sample_path(name), folder / f"{name}.jpg")
-    real_write = jobs._write_outputs
+    real_write = outputs._write_outputs
     calls = {"n": 0}
 
     def full_disk(item_dir, *args):
@@ -298,7 +298,7 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
             raise OSError(errno.ENOSPC, "No space left on device", str(item_dir / "gradcam.npy"))
         return real_write(item_dir, *args)
 
-    monkeypatch.setattr(jobs, "_write_outputs", full_disk)
+    monkeypatch.setattr(outputs, "_write_outputs", full_disk)
     out = tmp_path / "out"
     args = ["explain", folder, "--out", out, "--outputs", "heatmap", "--batch-size", "2", "--workers", "0"]
     code, _, err = run([*args, "--quiet"], capsys)
@@ -306,7 +306,7 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
     assert f"gradcam explain: error: cannot write the outputs under {out}: [Errno 28] No space left on device" in err
     assert "Traceback" not in err
     assert len(list(out.rglob("item.json"))) == 2  # the first batch was committed
-    monkeypatch.setattr(jobs, "_write_outputs", real_write)
+    monkeypatch.setattr(outputs, "_write_outputs", real_write)
     code, stdout, _ = run(args, capsys)
     assert code == 0
     assert "1 explained, 2 already done, 0 failed" in stdout

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gradcam.batch import outputs
 from gradcam.imaging import io as image_io
 from gradcam.imaging.io import ImageReadError, find_images, read_pixels
 from gradcam.jobs import explain as jobs
@@ -126,7 +127,7 @@ def test_a_1_x_40000_png_is_explained_without_building_its_resized_frame(
 
 def test_a_drawing_failure_fails_that_image_only(tmp_path: Path, loaded, monkeypatch) -> None:
     paths = [_image(tmp_path / "in" / f"{i}.png", seed=i) for i in range(3)]
-    real_overlay = jobs.draw.overlay
+    real_overlay = outputs.draw.overlay
 
     def overlay(image, heatmap, *args, **kwargs):
         if image.size == (50, 40):
@@ -134,7 +135,7 @@ def test_a_drawing_failure_fails_that_image_only(tmp_path: Path, loaded, monkeyp
         return real_overlay(image, heatmap, *args, **kwargs)
 
     _image(paths[1], size=(50, 40), seed=9)
-    monkeypatch.setattr(jobs.draw, "overlay", overlay)
+    monkeypatch.setattr(outputs.draw, "overlay", overlay)
     settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("overlay",))
     summary = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **RUN)
     assert (summary.done, summary.failed) == (2, 1)
@@ -221,7 +222,7 @@ def test_the_writers_end_with_the_job_even_when_it_fails(tmp_path: Path, loaded,
     def full_disk(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(jobs, "_write_outputs", full_disk)
+    monkeypatch.setattr(outputs, "_write_outputs", full_disk)
     with pytest.raises(OSError, match="No space left on device"):
         _raw_job(paths, loaded, tmp_path / "out", writers=3)
     assert [t.name for t in threading.enumerate() if t.name.startswith("gradcam-")] == []

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gradcam.batch import loop, outputs
 from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normalize_pixels, preprocess
 from gradcam.imaging.io import load_image
 from gradcam.jobs import explain as jobs
@@ -84,7 +85,7 @@ def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.Monk
     maps = torch.rand(len(sizes), 2, 32, 32)  # B images x k targets
     expected = [g.to_original(maps[i]) for i, g in enumerate(geometries)]
     for limit in (1 << 25, 2 * 64 * 48 * 2):  # one call per size, or chunks of two rows
-        monkeypatch.setattr(jobs, "_RESAMPLE_ELEMENTS", limit)
+        monkeypatch.setattr(outputs, "_RESAMPLE_ELEMENTS", limit)
         views = maps_to_originals(maps, geometries)
         assert len(views) == len(sizes)
         for view, theirs, (width, height) in zip(views, expected, sizes):
@@ -135,7 +136,7 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
     settings = jobs.ExplainSettings(methods=("gradcam", "counterfactual"), outputs=("heatmap", "raw", "overlay"))
     fsynced: set[int] = set()  # inodes
     marked: list[Path] = []
-    real_fsync, real_write_json = os.fsync, jobs.write_json_atomic
+    real_fsync, real_write_json = os.fsync, outputs.write_json_atomic
 
     def fsync(fd: int) -> None:
         fsynced.add(os.fstat(fd).st_ino)
@@ -151,12 +152,12 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
         return real_write_json(path, record, durable)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(jobs, "write_json_atomic", write_json)
+    monkeypatch.setattr(outputs, "write_json_atomic", write_json)
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
     summary = jobs.explain_files(paths, load_model(), settings, out, **run)
     assert summary.done == 5 and len(marked) == 5
-    outputs = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
-    assert len(outputs) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
+    written = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
+    assert len(written) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
 
 
 def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
@@ -181,8 +182,8 @@ def _raw_job_seen_by(loaded, tmp_path: Path, hook) -> jobs.JobSummary:
 
 
 def _watched_pool(on_submit):
-    """A stand-in for ``jobs._writer_pool`` that calls ``on_submit(items)`` for each writer task."""
-    real_pool = jobs._writer_pool
+    """A stand-in for ``outputs._writer_pool`` that calls ``on_submit(items)`` for each writer task."""
+    real_pool = outputs._writer_pool
 
     class Pool:
         def __init__(self, writers):
@@ -208,7 +209,7 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
     written: list[int] = []
     handed: list[int] = []
     at_forwards: list[tuple[int, int]] = []  # (items handed to the writers, items written) at each forward
-    real_write_items = jobs._write_items
+    real_write_items = outputs._write_items
 
     def slow_write_items(items):
         time.sleep(0.05)
@@ -216,8 +217,8 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
         written.append(len(items))
         return records
 
-    monkeypatch.setattr(jobs, "_write_items", slow_write_items)
-    monkeypatch.setattr(jobs, "_writer_pool", _watched_pool(lambda items: handed.append(len(items))))
+    monkeypatch.setattr(outputs, "_write_items", slow_write_items)
+    monkeypatch.setattr(outputs, "_writer_pool", _watched_pool(lambda items: handed.append(len(items))))
     summary = _raw_job_seen_by(load_model(), tmp_path, lambda *_: at_forwards.append((sum(handed), sum(written))))
     assert summary.done == 5 and sum(written) == 5
     assert at_forwards == [(0, 0), (2, 2), (4, 4)]
@@ -244,22 +245,22 @@ def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Pa
 
 
 def test_a_batch_is_shared_among_the_writers_in_order() -> None:
-    assert jobs._shares(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert jobs._shares(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
-    assert jobs._shares([7], 4) == [[7]]
-    assert jobs._shares(list(range(3)), 0) == [[0, 1, 2]]
-    assert jobs._shares([], 2) == []
+    assert outputs._shares(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert outputs._shares(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+    assert outputs._shares([7], 4) == [[7]]
+    assert outputs._shares(list(range(3)), 0) == [[0, 1, 2]]
+    assert outputs._shares([], 2) == []
 
 
 def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
     assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
-    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 16)
     assert jobs.default_pipeline(torch.device("cuda"), 1000) == (13, 2)  # the main process and 2 writers keep 3
     assert jobs.default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
-    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 128)
     assert jobs.default_pipeline(torch.device("cuda"), 1000) == (16, 2)
     for cores in (None, 1, 2, 4):
-        monkeypatch.setattr(jobs.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(loop.os, "cpu_count", lambda cores=cores: cores)
         assert jobs.default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
 
 
@@ -308,8 +309,8 @@ def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: 
 
     paths = _folder(tmp_path)[:2]
     calls = []
-    real = jobs.maps_to_originals
-    monkeypatch.setattr(jobs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
+    real = outputs.maps_to_originals
+    monkeypatch.setattr(outputs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
     settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
     summary = jobs.explain_files(paths, load_model(), settings, tmp_path / "out", **run)
