@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..explanation import Explanation
 from ..imaging.geometry import (
-    Geometry,
     normalize_pixels,
 )
 from ..imaging.io import (
@@ -38,7 +38,7 @@ from .inputs import (
 )
 from .outputs import _commit, _raw_rows, _shares, _writer_count
 from .settings import ExplainSettings, JobSummary
-from .targets import TaskRunner
+from .targets import ItemTargets, TaskRunner
 
 #: The most decoding processes a job starts by default on an accelerator.
 MAX_DECODING_WORKERS = 16
@@ -72,7 +72,7 @@ def explain_files(
     progress: bool = True,
     report: Callable[[str, bool], None] | None = None,
 ) -> JobSummary:
-    """Explain every file in ``paths`` and write the outputs under ``out_dir`` (see module docstring).
+    """Explain every file in ``paths`` and write the outputs under ``out_dir`` (see :mod:`gradcam.batch`).
 
     Decoding runs in ``workers`` DataLoader processes, overlapping the model (on a GPU), or with
     ``workers=0`` in ``torch.get_num_threads()`` threads between model steps (on a CPU, where the
@@ -81,89 +81,38 @@ def explain_files(
     while the next batch decodes, before that batch's explanation call). Under
     ``torchrun`` each rank takes a disjoint shard (``pending[rank::world]``) and rank 0 writes the
     merged manifest. Non-class tasks look at the model's output once per batch (no gradients) to build
-    the target and the predictions.
+    the target and the predictions. Every input ends in ``items`` (done now or before) or ``failures``;
+    ``report(line, is_error)`` gets one line per input.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    device = torch.device(device)
     rank, world = distributed_rank()
-    device = rank_device(device, rank, world)
-    report = report or (lambda line, is_error: None)
-    summary = JobSummary()
+    device = rank_device(torch.device(device), rank, world)
     root = common_root(paths) if paths else Path(".")
     model = as_detector(loaded.model).to(device)
     explainers = _Explainers(model, settings.layer or loaded.default_layer, settings.methods)
-    task = settings.task
-    runner = None if task.name == "class" else TaskRunner(task, loaded, model, settings.show_top)
-    pending: list[Path] = []
-    records: dict[str, dict[str, Any]] = {}
-    outputs_folder = out_dir.resolve()
-    inside: list[Path] = []
-    for path in paths:
-        if is_inside(path, outputs_folder):
-            inside.append(path)
-            continue
-        record = None
-        if not overwrite:
-            key = functools.partial(settings.key, loaded.name)
-            record = finished_record(out_dir / output_folder(path, root), path, key)
-        if record is not None:
-            records[str(path)] = record
-            summary.skipped += 1
-            continue
-        pending.append(path)
+    runner = None if settings.task.name == "class" else TaskRunner(settings.task, loaded, model, settings.show_top)
+    job = _Job(out_dir, root, report or (lambda line, is_error: None))
+    pending, inside = job.partition(paths, functools.partial(settings.key, loaded.name), overwrite)
     shard = pending[rank::world]
-
     files = ImageFiles(shard, loaded.preprocess, keep_original=settings.draws)
     loader = decoded_batches(files, batch_size, workers, torch.get_num_threads(), device.type == "cuda")
-    bar = _progress(len(shard), progress and rank == 0)
-    in_flight: list[tuple[Path, Future, int]] = []  # (input, its batch's commit, its place in the batch)
-
-    def drain(keep: int) -> None:
-        while len(in_flight) > keep:
-            path, commit, place = in_flight.pop(0)
-            record = commit.result()[place]
-            if "error" in record:
-                fail(path, record["error"])
-                continue
-            records[str(path)] = record
-            summary.done += 1
-            shown = ", ".join(
-                f"{p['index']} {p['label']} {p.get('probability', p.get('score', 0.0)):.3f}"
-                for p in record["predictions"][:3]
-            )
-            report(f"{display_path(path)}: {shown}", False)
-            bar.update(1)
-
-    def fail(path: Path, error: str) -> None:
-        summary.failed += 1
-        summary.failures.append({**_source_fields(path), "error": error})
-        report(f"skipped: {error}", True)
-        bar.update(1)
-
+    job.start(len(shard), progress and rank == 0, writers)
     if rank == 0:
         for path in inside:
-            fail(path, f"{display_path(path)} is inside the output folder {display_path(out_dir)}: outputs are "
-                       "not explained again; move it out or choose another output folder")  # fmt: skip
-
-    pool, writer_count = outputs._writer_pool(writers), _writer_count(writers)
-    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
+            job.fail(path, f"{display_path(path)} is inside the output folder {display_path(out_dir)}: outputs "
+                           "are not explained again; move it out or choose another output folder")  # fmt: skip
     # On a CPU device the model's threads use every core, and a writer beside them competes for a core
     # and for the GIL that every op of the forward takes: there a batch's writes finish before the next
-    # model step, while the next batch decodes (benchmarks/folder_ab.py, 2 cores: neutral on Lite0,
-    # +2-6 % images/s on ResNet-50).
+    # model step, while the next batch decodes (docs/benchmarks.md, 2026-12-02).
     writes_between_steps = device.type == "cpu"
-    writing: list[Future] = []  # the writer tasks submitted since the last model step
     try:
         for batch in loader:
             for index, error in batch["failures"]:
-                fail(shard[index], error)
-            if not batch["indices"]:
-                continue
-            for positions, group_x in same_size_groups(batch):
+                job.fail(shard[index], error)
+            for positions, group_x in same_size_groups(batch) if batch["indices"] else []:
                 if writes_between_steps:
-                    wait(writing)  # a failed task raises through its batch's commit, in drain
-                    writing.clear()
+                    job.wait_for_writes()
                 x = normalize_pixels(group_x.to(device, non_blocking=True), loaded.preprocess)
                 geometries = [batch["geometries"][p] for p in positions]
                 results, kept, failures, items = _explain_group(
@@ -171,78 +120,170 @@ def explain_files(
                 )
                 for position, error in failures:
                     path = shard[batch["indices"][positions[position]]]
-                    fail(path, f"{display_path(path)}: {error}")
-                if not kept:
-                    continue
-                key = settings.key(loaded.name, explainers.layer)
-                multi = {name: e.multi_target for name, e in results.items()}
-                scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
-                kept_geometries = [batch["geometries"][positions[p]] for p in kept]
-                writes: list[tuple[Any, ...]] = []  # this group's items: _write_outputs' arguments
-                inputs: list[Path] = []
-                on_originals = {
-                    name: outputs.maps_to_originals(_per_map(e.heatmap, multi[name]), kept_geometries)
-                    if settings.on_original_pixels else None
-                    for name, e in results.items()
-                }  # fmt: skip
-                raws = {
-                    name: _raw_rows(_per_map(e.raw, multi[name])) if "raw" in settings.outputs else None
-                    for name, e in results.items()
-                }
-                for row, (position, targets) in enumerate(zip(kept, items)):
-                    at = positions[position]
-                    path = shard[batch["indices"][at]]
-                    geometry: Geometry = batch["geometries"][at]
-                    maps = {name: None if rows is None else rows[row] for name, rows in on_originals.items()}
-                    item_raws = {name: None if rows is None else rows[row] for name, rows in raws.items()}
-                    pixels = batch["originals"][at]  # None when nothing is drawn
-                    original = Image.fromarray(pixels.numpy()) if pixels is not None else None
-                    record = {
-                        **_source_fields(path),
-                        "source": batch["identities"][at],
-                        "size": list(geometry.original_size),
-                        "geometry": geometry.to_json(),
-                        "predictions": targets.predictions,
-                        "classes": targets.classes,
-                        "layer": explainers.layer,
-                        "settings": key,
-                        "task": task.describe(),
-                        "targets": targets.ids,
-                    }
-                    item_scores = {name: values[row] for name, values in scores.items()}
-                    item_dir = out_dir / output_folder(path, root)
-                    writes.append((item_dir, record, original, maps, item_raws, item_scores, targets, settings))
-                    inputs.append(path)
-                tasks = [pool.submit(outputs._write_items, share) for share in _shares(writes, writer_count)]
-                writing.extend(tasks)
-                commit = commits.submit(_commit, [item[0] for item in writes], tasks)
-                in_flight.extend((path, commit, place) for place, path in enumerate(inputs))
-            drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind
-        drain(keep=0)
+                    job.fail(path, f"{display_path(path)}: {error}")
+                if kept:
+                    rows = [positions[position] for position in kept]
+                    key = settings.key(loaded.name, explainers.layer)
+                    job.submit(_item_writes(batch, rows, shard, results, items, settings, key, explainers.layer,
+                                            job))  # fmt: skip
+            job.drain(keep=2 * batch_size)  # bounded: at most two batches of drawing behind
+        job.drain(keep=0)
     finally:
         loader.close()  # stops the decoding threads (and restores the thread setting) even on an error
-        pool.shutdown(wait=True)
-        commits.shutdown(wait=True)  # finished items get their item.json even when the job stops early
-        bar.close()
-    layer = explainers.layer or next((r.get("layer") for r in records.values()), None)
+        job.close()  # finished items get their item.json even when the job stops early
+    summary = job.summary
+    layer = explainers.layer or next((r.get("layer") for r in job.records.values()), None)
     if world > 1:
-        summary = _merge_ranks(summary, records)
-    summary.items = [records[str(p)] for p in paths if str(p) in records]
+        summary = _merge_ranks(summary, job.records)
+    summary.items = [job.records[str(p)] for p in paths if str(p) in job.records]
     summary.layer = layer
     if rank == 0:
-        manifest = {
-            "model": loaded.name,
-            "layer": summary.layer,
-            "methods": list(settings.methods),
-            "task": task.name,
-            "items": summary.items,
-            "failed": summary.failures,
-        }
-        remove_temp_files(out_dir)
-        write_json_atomic(out_dir / "manifest.json", manifest)
+        _write_manifest(out_dir, loaded.name, settings, summary)
     barrier()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _item_writes(
+    batch: dict[str, Any], rows: list[int], shard: Sequence[Path], results: dict[str, Explanation],
+    items: list[ItemTargets], settings: ExplainSettings, key: dict[str, Any], layer: str | None, job: _Job,
+) -> list[tuple[Path, tuple[Any, ...]]]:  # fmt: skip
+    """``(input, _write_outputs' arguments)`` for the explained ``rows`` of ``batch`` (their targets
+    ``items``): their maps on original pixels and raw maps, and the record that becomes item.json."""
+    multi = {name: e.multi_target for name, e in results.items()}
+    scores = {name: _per_map(e.scores, multi[name]).tolist() for name, e in results.items()}
+    geometries = [batch["geometries"][at] for at in rows]
+    on_originals = {
+        name: outputs.maps_to_originals(_per_map(e.heatmap, multi[name]), geometries)
+        if settings.on_original_pixels else None
+        for name, e in results.items()
+    }  # fmt: skip
+    raws = {
+        name: _raw_rows(_per_map(e.raw, multi[name])) if "raw" in settings.outputs else None
+        for name, e in results.items()
+    }
+    writes = []
+    for row, (at, targets) in enumerate(zip(rows, items)):
+        path, geometry = shard[batch["indices"][at]], batch["geometries"][at]
+        maps = {name: None if values is None else values[row] for name, values in on_originals.items()}
+        item_raws = {name: None if values is None else values[row] for name, values in raws.items()}
+        pixels = batch["originals"][at]  # None when nothing is drawn
+        original = Image.fromarray(pixels.numpy()) if pixels is not None else None
+        record = {
+            **_source_fields(path),
+            "source": batch["identities"][at],
+            "size": list(geometry.original_size),
+            "geometry": geometry.to_json(),
+            "predictions": targets.predictions,
+            "classes": targets.classes,
+            "layer": layer,
+            "settings": key,
+            "task": settings.task.describe(),
+            "targets": targets.ids,
+        }
+        item_scores = {name: values[row] for name, values in scores.items()}
+        writes.append((path, (job.item_dir(path), record, original, maps, item_raws, item_scores, targets, settings)))
+    return writes
+
+
+class _Job:
+    """One job's bookkeeping: the records and counts, the writer threads and the commit thread, the
+    items handed to them and not yet taken back, and the progress bar."""
+
+    def __init__(self, out_dir: Path, root: Path, report: Callable[[str, bool], None]) -> None:
+        self.out_dir, self.root, self.report = out_dir, root, report
+        self.summary = JobSummary()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.in_flight: list[tuple[Path, Future, int]] = []  # (input, its batch's commit, its place in it)
+        self.writing: list[Future] = []  # the writer tasks submitted since the last model step
+        self.bar: Any = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.commits: ThreadPoolExecutor | None = None
+
+    def item_dir(self, path: Path) -> Path:
+        return self.out_dir / output_folder(path, self.root)
+
+    def partition(
+        self, paths: Sequence[Path], key: Callable[[str | None], dict[str, Any]], overwrite: bool
+    ) -> tuple[list[Path], list[Path]]:
+        """``(inputs to explain, inputs inside the output folder)``; the others are finished
+        (:func:`finished_record`) and counted as skipped."""
+        outputs_folder = self.out_dir.resolve()
+        pending, inside = [], []
+        for path in paths:
+            if is_inside(path, outputs_folder):
+                inside.append(path)
+                continue
+            record = None if overwrite else finished_record(self.item_dir(path), path, key)
+            if record is None:
+                pending.append(path)
+            else:
+                self.records[str(path)] = record
+                self.summary.skipped += 1
+        return pending, inside
+
+    def start(self, total: int, progress: bool, writers: int) -> None:
+        self.bar = _progress(total, progress)
+        self.pool, self.writer_count = outputs._writer_pool(writers), _writer_count(writers)
+        self.commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-commit")
+
+    def submit(self, writes: list[tuple[Path, tuple[Any, ...]]]) -> None:
+        """Hand one group's items to the writers (a task per writer) and their commit to the commit thread."""
+        assert self.pool is not None and self.commits is not None
+        arguments = [write for _, write in writes]
+        tasks = [self.pool.submit(outputs._write_items, share) for share in _shares(arguments, self.writer_count)]
+        self.writing.extend(tasks)
+        commit = self.commits.submit(_commit, [write[0] for write in arguments], tasks)
+        self.in_flight.extend((path, commit, place) for place, (path, _) in enumerate(writes))
+
+    def wait_for_writes(self) -> None:
+        wait(self.writing)  # a failed task raises through its batch's commit, in drain
+        self.writing.clear()
+
+    def drain(self, keep: int) -> None:
+        """Take back the oldest items until at most ``keep`` are in flight: records, reports, counts."""
+        while len(self.in_flight) > keep:
+            path, commit, place = self.in_flight.pop(0)
+            record = commit.result()[place]
+            if "error" in record:
+                self.fail(path, record["error"])
+                continue
+            self.records[str(path)] = record
+            self.summary.done += 1
+            shown = ", ".join(
+                f"{p['index']} {p['label']} {p.get('probability', p.get('score', 0.0)):.3f}"
+                for p in record["predictions"][:3]
+            )
+            self.report(f"{display_path(path)}: {shown}", False)
+            self.bar.update(1)
+
+    def fail(self, path: Path, error: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append({**_source_fields(path), "error": error})
+        self.report(f"skipped: {error}", True)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Wait for the writer and commit threads and end them (also after an error)."""
+        for executor in (self.pool, self.commits):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_manifest(out_dir: Path, model: str, settings: ExplainSettings, summary: JobSummary) -> None:
+    """``OUT/manifest.json`` (after removing the temp files a killed run left beside it)."""
+    manifest = {
+        "model": model,
+        "layer": summary.layer,
+        "methods": list(settings.methods),
+        "task": settings.task.name,
+        "items": summary.items,
+        "failed": summary.failures,
+    }
+    remove_temp_files(out_dir)
+    write_json_atomic(out_dir / "manifest.json", manifest)
 
 
 def _progress(total: int, enabled: bool) -> Any:
