@@ -208,6 +208,9 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next(tmp_path: Path, load
     assert _raw_job([path], loaded, tmp_path / "out").done == 1
     assert not any(temp.exists() for temp in left)
     assert not list((tmp_path / "out").rglob("*" + image_io.TEMP_SUFFIX))
+    left[0].write_bytes(b"partial")  # beside a finished item (a killed --overwrite run)
+    assert _raw_job([path], loaded, tmp_path / "out").skipped == 1
+    assert not left[0].exists()
 
 
 # ---------------------------------------------------------------------------------------- (d) writers

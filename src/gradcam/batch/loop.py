@@ -207,7 +207,7 @@ class _Job:
         self, paths: Sequence[Path], key: Callable[[str | None], dict[str, Any]], overwrite: bool
     ) -> tuple[list[Path], list[Path]]:
         """``(inputs to explain, inputs inside the output folder)``; the others are finished
-        (:func:`finished_record`) and counted as skipped."""
+        (:func:`finished_record`), counted as skipped, and their folders rid of a killed run's temp files."""
         outputs_folder = self.out_dir.resolve()
         pending, inside = [], []
         for path in paths:
@@ -218,6 +218,7 @@ class _Job:
             if record is None:
                 pending.append(path)
             else:
+                remove_temp_files(self.item_dir(path))  # e.g. of a killed --overwrite run
                 self.records[str(path)] = record
                 self.summary.skipped += 1
         return pending, inside
