@@ -278,14 +278,32 @@ def test_a_closed_stdout_is_not_an_output_failure(tmp_path: Path) -> None:
         _image(tmp_path / "in" / f"{i}.png", seed=i)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first line
-    command = [sys.executable, "-m", "gradcam", "explain", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-               "--method", "gradcam", "--outputs", "raw", "--workers", "0", "--batch-size", "2"]  # fmt: skip
-    result = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    result = subprocess.run(_command(tmp_path), stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
     os.close(write_end)
     assert result.returncode == 0, result.stderr
     assert "cannot write the outputs" not in result.stderr and "Traceback" not in result.stderr
     assert len(list((tmp_path / "out").rglob("item.json"))) == 3
     assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["items"]) == 3
+
+
+def test_a_closed_stderr_is_not_an_output_failure_either(tmp_path: Path) -> None:
+    """``gradcam explain DIR 2>&1 | head -2`` with a bad file: its failure line cannot be shown, the
+    job still ends with every item and the failure in the manifest, exit code 1."""
+    for i in range(3):
+        _image(tmp_path / "in" / f"{i}.png", seed=i)
+    (tmp_path / "in" / "bad.jpg").write_text("not an image")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    result = subprocess.run(_command(tmp_path), stdout=write_end, stderr=write_end, timeout=300)
+    os.close(write_end)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert result.returncode == 1
+    assert len(manifest["items"]) == 3 and [Path(f["input"]).name for f in manifest["failed"]] == ["bad.jpg"]
+
+
+def _command(tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "gradcam", "explain", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--method", "gradcam", "--outputs", "raw", "--workers", "0", "--batch-size", "2"]  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- (f) formats

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(line: str, is_error: bool) -> None:
         if is_error:
-            _write(line, sys.stderr)
+            _print(line, sys.stderr)
         elif not args.quiet:
             _print(line)
 
@@ -272,17 +273,18 @@ def _write(line: str, stream) -> None:
     tqdm.write(line, file=stream)
 
 
-def _print(line: str) -> None:
-    """Print a line on stdout; once stdout is a closed pipe (``gradcam explain DIR | head -2``), print
-    nothing more: the job goes on, its outputs are written and its exit code is unchanged."""
-    if sys.stdout is None:
+def _print(line: str, stream: TextIO | None = None) -> None:
+    """Print a line on ``stream`` (stdout by default); once it is a closed pipe (``gradcam explain DIR |
+    head -2``), print nothing more there: the job goes on, its outputs are written and its exit code is
+    unchanged."""
+    stream = sys.stdout if stream is None else stream
+    if stream is None:
         return
     try:
-        _write(line, sys.stdout)
-        sys.stdout.flush()
+        _write(line, stream)
+        stream.flush()
     except BrokenPipeError:
-        # Python flushes stdout again at exit: point it at /dev/null, as the signal module's docs advise
+        # Python flushes the stream again at exit: point it at /dev/null, as the signal module's docs advise
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
-
