@@ -10,15 +10,23 @@ Quick start::
 
 from __future__ import annotations
 
+from . import smoothing
 from .errors import GradCAMError, InputError, LayerError, MethodError, TargetError
 from .explanation import Explanation
 from .methods import (
     CAM,
+    ISCAM,
+    KPCACAM,
     METHODS,
+    SSCAM,
     AblationCAM,
     EigenCAM,
+    EigenGradCAM,
     Explainer,
+    FinerCAM,
+    FullGrad,
     GradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     GuidedBackprop,
     GuidedGradCAM,
@@ -29,6 +37,7 @@ from .methods import (
     MultiLayerCAM,
     ScoreCAM,
     SmoothGrad,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
     available_methods,
     create_explainer,
@@ -39,12 +48,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "KPCACAM",
     "METHODS",
+    "SSCAM",
     "AblationCAM",
     "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
     "Explanation",
+    "FinerCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMError",
     "GradCAMPlusPlus",
     "GuidedBackprop",
@@ -59,10 +75,12 @@ __all__ = [
     "MultiLayerCAM",
     "ScoreCAM",
     "SmoothGrad",
+    "SmoothGradCAMPlusPlus",
     "TargetError",
     "TopK",
     "XGradCAM",
     "__version__",
     "available_methods",
     "create_explainer",
+    "smoothing",
 ]

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .imaging.geometry import Geometry
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,30 @@ class Explanation:
     def multi_target(self) -> bool:
         """True when the maps carry a k axis (the target was a (B, k) tensor or a (B, k) callable)."""
         return self.scores.dim() == 2
+
+    def show(
+        self,
+        image: Image.Image | Sequence[Image.Image] | None = None,
+        geometry: Geometry | Sequence[Geometry] | None = None,
+        labels: Sequence[str] | None = None,
+        *,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+        tile_height: int = 160,
+    ) -> Image.Image:
+        """A grid picture (rows = images, columns = the k targets), each map overlaid on its original image when
+        ``image`` (one or B) and ``geometry`` (their :class:`~gradcam.imaging.Geometry`) are given; titles give
+        the class label (``labels``) and the explained score. A PIL image: it displays inline in a notebook
+        and saves with ``.save(path)``. See :func:`gradcam.imaging.grids.explanation_grid`."""
+        from .imaging.grids import explanation_grid
+
+        return explanation_grid(self, image, geometry, labels, alpha=alpha, colormap=colormap, tile_height=tile_height)
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter's inline display: :meth:`show` without images (the coloured maps), as PNG bytes."""
+        from .imaging.grids import png_bytes
+
+        return png_bytes(self.show())
 
     def to(self, device: torch.device | str) -> Explanation:
         """A copy with every tensor moved to ``device``."""

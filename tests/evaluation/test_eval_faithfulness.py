@@ -13,16 +13,15 @@ from gradcam.evaluation.faithfulness import (
     DeletionInsertion,
     OcclusionCorrelation,
     auc,
-    average_ranks,
     baseline_images,
     class_scores,
     gaussian_blur,
     occlusion_map,
     perturbation_curves,
     pixel_ranks,
-    spearman,
     window_starts,
 )
+from gradcam.evaluation.statistics import average_ranks, spearman
 
 
 class PixelSum(nn.Module):

@@ -12,10 +12,11 @@ from PIL import Image
 from gradcam import GradCAM
 from gradcam.evaluation import EvaluationSettings, evaluate, load_synthetic_model, synthetic_items
 from gradcam.evaluation.datasets import AnnotatedImage
+from gradcam.evaluation.examples import figure_selection
 from gradcam.evaluation.faithfulness import DeletionInsertion
 from gradcam.evaluation.localization import BoxEnergy, LocalizationError
 from gradcam.evaluation.report import METHODS_TILE_HEIGHT, figure_columns, map_on_image, methods_figure
-from gradcam.evaluation.runner import Timing, cost, figure_selection
+from gradcam.evaluation.results import Timing, cost
 from gradcam.evaluation.sources import BaselineSource
 from gradcam.imaging import draw
 from gradcam.imaging.geometry import preprocess

@@ -163,3 +163,19 @@ def test_mask_outline_and_contour() -> None:
     assert (drawn[~outline] == (10, 10, 10)).all()
     with pytest.raises(ValueError, match="7x6"):
         draw_contour(Image.new("RGB", (5, 5)), mask, color=(1, 2, 3))
+
+
+def test_overlay_maps_a_network_frame_map_back_through_its_geometry() -> None:
+    from gradcam.imaging import PreprocessConfig, preprocess
+
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8))
+    config = PreprocessConfig(input_size=32, resize_size=40)
+    _, geometry = preprocess(image, config)
+    small = torch.rand(7, 7, generator=torch.Generator().manual_seed(0))  # a layer-resolution map
+    by_hand = overlay(image, geometry.to_original(small), 0.6)
+    assert np.array_equal(np.asarray(overlay(image, small, 0.6, geometry=geometry)), np.asarray(by_hand))
+    with pytest.raises(ValueError, match=r"for a map in the network's frame pass geometry="):
+        overlay(image, small, 0.6)
+    with pytest.raises(ValueError, match=r"geometry is of a 64x48 image but the image is 20x10"):
+        overlay(image.resize((20, 10)), small, geometry=geometry)

@@ -15,7 +15,10 @@ FAMILY = [
     gradcam.EigenCAM,
     gradcam.ScoreCAM,
     gradcam.AblationCAM,
-]
+    gradcam.EigenGradCAM,
+    gradcam.GradCAMElementWise,
+    gradcam.ISCAM,
+]  # not SmoothGradCAMPlusPlus: its seeded noise is drawn image after image, so image b's noise depends on b
 
 
 @pytest.mark.parametrize("cls", FAMILY, ids=lambda c: c.name)
@@ -35,7 +38,8 @@ def test_k_targets_and_batches_equal_single_calls(gap_net, cls):
 
 def test_every_new_method_is_registered():
     names = {"gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam", "multilayer"}
-    names |= {"gradient", "smoothgrad", "integrated-gradients"}
+    names |= {"gradient", "smoothgrad", "integrated-gradients", "eigengradcam", "gradcam-elementwise"}
+    names |= {"smoothgradcam++", "sscam", "iscam", "finercam", "kpcacam", "fullgrad"}
     assert names <= set(gradcam.METHODS)
     for name in names:
         assert gradcam.METHODS[name].cls.name == name

@@ -10,14 +10,28 @@ resumes; under ``torchrun`` each rank evaluates its own batches and rank 0 write
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from ..models import DEFAULT_MODEL, ModelLoadError, load_model
-from ._common import CLIError, add_model_arguments, resolve_device
+from ._common import (
+    CLIError,
+    RunError,
+    add_model_arguments,
+    check_file,
+    check_out_folder,
+    error_message,
+    resolve_device,
+)
 
 COMMAND = "evaluate"
 HELP = "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic)"
+EPILOG = (
+    "Exit code 1 when no method could be evaluated, or when a method named with --method could not be (the table "
+    "of the others is still written); methods of the default set that cannot be evaluated with the model are "
+    "listed on stderr and do not change the exit code."
+)
 TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
 
 # Defaults that differ for the synthetic benchmark (112 px images, 6 classes).
@@ -92,20 +106,21 @@ def _positive(name: str, value: int | None) -> None:
 def _load(args: argparse.Namespace):
     from ..evaluation.synthetic import load_synthetic_model
 
+    if args.model is None and args.synthetic:
+        if args.weights:
+            raise CLIError("--weights needs --model (the synthetic CNN uses its shipped weights)")
+        return load_synthetic_model()
+    check_file(args.weights, "--weights")
+    check_file(args.labels, "--labels")
     try:
-        if args.model is None and args.synthetic:
-            if args.weights:
-                raise CLIError("--weights needs --model (the synthetic CNN uses its shipped weights)")
-            return load_synthetic_model()
         return load_model(args.model or DEFAULT_MODEL, weights=args.weights, device="cpu", labels=args.labels)
     except ModelLoadError as error:
-        raise CLIError(str(error)) from None
+        raise CLIError(error_message(error, args)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
+    from ..evaluation import TASKS, EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
     from ..evaluation.report import describe, format_table, write_report
-    from ..evaluation.runner import TASKS
 
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:
@@ -116,15 +131,26 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
     if not args.synthetic and not args.path:
         raise CLIError("give a folder of images with .xml annotations, or --synthetic")
+    if args.annotations is not None and not Path(args.annotations).is_dir():
+        raise CLIError(f"--annotations {args.annotations} is not a folder; expected the folder of the .xml files")
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
     if not 0.0 < args.iou <= 1.0:
         raise CLIError(f"--iou must be in (0, 1]; got {args.iou}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0; got {args.seed}")
+    if not math.isfinite(args.fill):
+        raise CLIError(f"--fill must be a finite number; got {args.fill}")
     tolerance = defaults["tolerance"] if args.tolerance is None else args.tolerance
-    if tolerance < 0:
+    if not tolerance >= 0:  # NaN too
         raise CLIError(f"--tolerance must be >= 0 pixels; got {tolerance}")
+    check_out_folder(args.out)
     device = resolve_device(args.device)
     loaded = _load(args)
+    if args.layer is not None:
+        from ..layers import resolve_layer
+
+        resolve_layer(loaded.model, args.layer)  # LayerError naming close matches: a bad --layer is a usage error
     count = args.images if args.images is not None else defaults["images"]
     if args.synthetic:
         items = synthetic_items(count, seed=args.seed)
@@ -174,6 +200,10 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (GradCAMError, ValueError) as error:
         raise CLIError(str(error)) from None
+    failed = {m.name: m.error for m in result.methods if m.error and not m.is_baseline}
+    if failed and not any(not m.error and not m.is_baseline for m in result.methods):
+        reasons = "; ".join(f"{name}: {error.splitlines()[0]}" for name, error in failed.items())
+        raise RunError(f"no method could be evaluated ({reasons})")
     if distributed_rank()[0] != 0:  # under torchrun, rank 0 writes and reports for everyone
         return 0
     written = write_report(result, out, plots=not args.no_plots)
@@ -185,4 +215,10 @@ def run(args: argparse.Namespace) -> int:
         f"{result.evaluated_images} images evaluated, {result.reused_images} reused from {out / 'partial'}/; "
         f"per-image and per-method CSV/JSON, figures and examples in {out}/ ({len(written)} files)"
     )
+    requested = [name for name in failed if args.method and name in args.method]
+    if failed:
+        listed = ", ".join(f"{name} ({error.splitlines()[0]})" for name, error in failed.items())
+        if requested:  # the table of the others is written; the user asked for these
+            raise RunError(f"not evaluated: {listed}")
+        print(f"gradcam evaluate: default methods not evaluated with {loaded.name}: {listed}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ Boxes and masks are in original image pixels.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TextIO
 
 from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
-from ..imaging.io import find_images
+from ..imaging.io import IMAGE_EXTENSIONS, find_images
 from ..jobs import ExplainSettings, explain_files
 from ..jobs.explain import (
     CLASS_TASKS,
@@ -34,10 +35,20 @@ from ..jobs.explain import (
 from ..methods import METHODS
 from ..models import LoadedModel
 from ..tasks import TASKS
-from ._common import CLIError, add_model_arguments, load_or_exit, parse_class, parse_targets, resolve_device
+from ._common import (
+    CLIError,
+    RunError,
+    add_model_arguments,
+    check_out_folder,
+    load_or_exit,
+    parse_class,
+    parse_targets,
+    resolve_device,
+)
 
 COMMAND = "explain"
 HELP = "explain the predictions of a model on image files, folders or globs"
+EPILOG = "Exit code 1 when an image failed (the others are written, and a rerun resumes)."
 DEFAULT_METHODS = ("gradcam", "guided-backprop", "guided-gradcam", "counterfactual")
 
 
@@ -108,35 +119,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
 
-def _fail(message: str) -> int:
-    print(f"gradcam explain: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
-        return _fail(f"--alpha must be in [0, 1]; got {args.alpha}")
+        raise CLIError(f"--alpha must be in [0, 1]; got {args.alpha}")
     if args.top_k < 1:
-        return _fail(f"--top-k must be >= 1; got {args.top_k}")
+        raise CLIError(f"--top-k must be >= 1; got {args.top_k}")
     if args.batch_size < 1:
-        return _fail(f"--batch-size must be >= 1; got {args.batch_size}")
+        raise CLIError(f"--batch-size must be >= 1; got {args.batch_size}")
+    for option, value in (("--workers", args.workers), ("--writers", args.writers)):
+        if value is not None and value < 0:
+            raise CLIError(f"{option} must be >= 0 (0: threads in this process); got {value}")
+    check_out_folder(args.out)
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
     if not valid_outputs(outputs):
-        return _fail(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
+        raise CLIError(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
     if not args.paths and not args.samples:
-        return _fail("give image files, folders or globs (or --samples for the bundled photos)")
+        raise CLIError("give image files, folders or globs (or --samples for the bundled photos)")
     try:
         paths = find_images(args.paths, exclude=args.out) if args.paths else []
+        if args.paths and not paths:
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise CLIError(f"no image files in {', '.join(args.paths)} (looked for {extensions})")
     except FileNotFoundError as error:
-        return _fail(str(error))
+        raise CLIError(str(error)) from None
     if args.samples:
         paths += [sample_path(name) for name in sample_names()]
     device = resolve_device(args.device)
     loaded = load_or_exit(args)
-    try:
-        task = task_options(args, loaded)
-    except CLIError as error:
-        return _fail(str(error))
+    task = task_options(args, loaded)
+    if loaded.labels is not None and args.top_k > len(loaded.labels):
+        raise CLIError(f"--top-k {args.top_k} asks for more classes than {loaded.name} has ({len(loaded.labels)})")
     settings = ExplainSettings(
         methods=tuple(dict.fromkeys(args.method or DEFAULT_METHODS)),
         targets=parse_targets(args.target, loaded),
@@ -176,11 +188,11 @@ def run(args: argparse.Namespace) -> int:
             report=report,
         )
     except (GradCAMError, ValueError) as error:
-        return _fail(str(error))
+        raise CLIError(str(error)) from None
     except OSError as error:  # the outputs could not be written: a full disk, a read-only folder, ...
-        print(f"gradcam explain: error: cannot write the outputs under {out}: {error}; the items written "
-              "before it are kept, and a rerun resumes", file=sys.stderr)  # fmt: skip
-        return 1
+        raise RunError(
+            f"cannot write the outputs under {out}: {error}; the items written before it are kept, and a rerun resumes"
+        ) from None
     if distributed_rank()[0] != 0:  # under torchrun, rank 0 reports for everyone
         return 1 if summary.failed else 0
     _print(
@@ -191,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
         first = summary.items[0]["outputs"][0]
         example = next((first[kind] for kind in OUTPUT_KINDS if first.get(kind)), None)
         _print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
-    return 1 if summary.failed else 0
+    if summary.failed:
+        others = "; the others are written" if summary.failed < len(paths) else ""
+        raise RunError(f"{summary.failed} of {len(paths)} images failed (the lines above say why){others}")
+    return 0
 
 
 def parse_box(value: str) -> tuple[float, float, float, float]:
@@ -200,7 +215,7 @@ def parse_box(value: str) -> tuple[float, float, float, float]:
         numbers = [float(v) for v in value.replace(" ", ",").split(",") if v]
     except ValueError:
         numbers = []
-    if len(numbers) != 4:
+    if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
         raise CLIError(f"--box must be x0,y0,x1,y1 (4 numbers, original image pixels); got {value!r}")
     x0, y0, x1, y1 = numbers
     if x1 <= x0 or y1 <= y0:
@@ -252,6 +267,8 @@ def task_options(args: argparse.Namespace, loaded: LoadedModel) -> TaskOptions:
                 raise CLIError(f"--iou-threshold must be in [0, 1]; got {threshold}")
             options["iou_threshold"] = threshold
             options["box_weight"] = 0.0 if args.box_weight is None else args.box_weight
+            if not math.isfinite(options["box_weight"]):
+                raise CLIError(f"--box-weight must be a finite number; got {args.box_weight}")
         options["detection"] = args.detection
     elif task == "similarity":
         if args.embedding is None and not args.text:
@@ -264,6 +281,8 @@ def task_options(args: argparse.Namespace, loaded: LoadedModel) -> TaskOptions:
         options["texts"] = tuple(args.text or ())
     if args.mask is not None and not Path(args.mask).is_file():
         raise CLIError(f"--mask file not found: {args.mask}")
+    if task == "detection" and kind != "detection":
+        raise CLIError(f"--task detection needs a detection model; {loaded.name} is a {kind} model")
     return TaskOptions(**options)
 
 

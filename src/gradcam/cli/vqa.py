@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ..imaging.draw import available_colormaps
+from ._common import CLIError, resolve_device
+from .caption import check_language_options
 
 COMMAND = "vqa"
 HELP = "answer a question about an image and explain the answer (Grad-CAM, Guided Grad-CAM, counterfactual)"
@@ -24,35 +27,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gradcam-vqa", metavar="DIR", help="output folder (default gradcam-vqa)")
     parser.add_argument("--no-guided", action="store_true", help="Grad-CAM maps only")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
-    parser.add_argument("--colormap", default="jet")
+    parser.add_argument("--colormap", default="jet", choices=available_colormaps())
     parser.add_argument("--tile", type=int, default=224, metavar="PX", help="tile height in the panel (default 224)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import GradCAMError
-    from ..imaging.io import ImageReadError, save_npy_atomic, save_png_atomic, write_json_atomic
-    from ..language.explain import explain_answer
-    from ..language.inputs import CommandError, load_input, load_model_or_fail
+    from ..errors import InputError
+    from ..imaging.io import save_npy_atomic, save_png_atomic, write_json_atomic
+    from ..language.explain import answer_index, explain_answer
+    from ..language.inputs import load_input, load_model_or_fail
     from ..language.render import answer_figure
-    from ._common import resolve_device
 
-    try:
-        if not 0.0 <= args.alpha <= 1.0:
-            raise CommandError(f"--alpha must be in [0, 1]; got {args.alpha}")
-        if args.top < 1:
-            raise CommandError(f"--top must be >= 1; got {args.top}")
-        device = resolve_device(args.device)
-        loaded = load_model_or_fail("vqa", args.model, args.weights, device)
-        image, x, geometry, stem = load_input(args.image, args.scene, loaded.preprocess, device)
-        options = {"answer": args.answer, "guided": not args.no_guided, "top": args.top}
-        explanations = [explain_answer(loaded.model, x, args.question, **options)]
-        if args.counterfactual:
-            explanations.append(explain_answer(loaded.model, x, args.question, counterfactual=True, **options))
-        figure = answer_figure(image, explanations, geometry, alpha=args.alpha, colormap=args.colormap, tile=args.tile)
-    except (CommandError, GradCAMError, ImageReadError, ValueError, FileNotFoundError, ImportError) as error:
-        print(f"gradcam vqa: error: {error}", file=sys.stderr)
-        return 2
+    check_language_options(args)
+    if args.top < 1:
+        raise CLIError(f"--top must be >= 1; got {args.top}")
+    if not args.question.strip():
+        raise CLIError('--question is empty; ask about the image, e.g. "what colour is the circle?"')
+    if args.answer is not None and not args.answer.strip():
+        raise CLIError("--answer is empty; give one of the model's answers, or leave it out for the model's own")
+    device = resolve_device(args.device)
+    loaded = load_model_or_fail("vqa", args.model, args.weights, device)
+    if args.answer is not None:
+        try:
+            answer_index(loaded.model, args.answer)  # names are matched ignoring case; 'color' is 'colour'
+        except InputError:
+            answers = ", ".join(loaded.model.answers)
+            raise CLIError(f"--answer {args.answer!r} is not one of {loaded.name}'s answers: {answers}") from None
+    image, x, geometry, stem = load_input(args.image, args.scene, loaded.preprocess, device)
+    options = {"answer": args.answer, "guided": not args.no_guided, "top": args.top}
+    explanations = [explain_answer(loaded.model, x, args.question, **options)]
+    if args.counterfactual:
+        explanations.append(explain_answer(loaded.model, x, args.question, counterfactual=True, **options))
+    figure = answer_figure(image, explanations, geometry, alpha=args.alpha, colormap=args.colormap, tile=args.tile)
     main = explanations[0]
     out = Path(args.out)
     files = {"panel": f"{stem}.vqa.png", "gradcam": f"{stem}.{main.answer}.gradcam.npy"}

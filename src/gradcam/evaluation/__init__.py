@@ -32,13 +32,14 @@ from .faithfulness import (
     gaussian_blur,
     occlusion_map,
     perturbation_curves,
-    spearman,
 )
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
-from .runner import TASKS, EvaluationResult, EvaluationSettings, evaluate
+from .results import TASKS, EvaluationResult, EvaluationSettings
+from .runner import evaluate
 from .sources import BASELINES, default_methods
+from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "SyntheticCNN",
     "SyntheticShapes",
     "auc",
+    "average_ranks",
     "box_iou",
     "connected_components",
     "default_methods",

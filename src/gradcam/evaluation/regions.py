@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
 Box = tuple[float, float, float, float]
 
@@ -152,27 +153,15 @@ def map_to_boxes(maps: torch.Tensor, thresholds: Sequence[float], connectivity: 
     return torch.stack([map_to_box(maps, t, connectivity) for t in thresholds])
 
 
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of (..., 4) boxes; inverted boxes have area 0."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-
-
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise intersection over union of (N, 4) and (M, 4) boxes -> (N, M); 0 where the union is empty.
+    """Pairwise intersection over union of (N, 4) and (M, 4) ``(x0, y0, x1, y1)`` boxes -> (N, M), by
+    ``torchvision.ops.box_iou``; 0 where the union is empty.
 
     ``IoU = |a ∩ b| / |a ∪ b|`` with continuous areas (the ILSVRC devkit's ``+1`` on inclusive pixel
     indices is the same thing once boxes are converted to continuous coordinates, see :mod:`.datasets`).
     NaN boxes (no region found) have IoU 0 with everything.
     """
-    a, b = a.float(), b.float()
-    left = torch.maximum(a[:, None, 0], b[None, :, 0])
-    top = torch.maximum(a[:, None, 1], b[None, :, 1])
-    right = torch.minimum(a[:, None, 2], b[None, :, 2])
-    bottom = torch.minimum(a[:, None, 3], b[None, :, 3])
-    inter = (right - left).clamp(min=0) * (bottom - top).clamp(min=0)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    iou = torch.where(union > 0, inter / torch.where(union > 0, union, 1), torch.zeros_like(inter))
-    return torch.nan_to_num(iou, nan=0.0)
+    return torch.nan_to_num(torchvision.ops.box_iou(a.float(), b.float()), nan=0.0)
 
 
 def peak_point(maps: torch.Tensor) -> torch.Tensor:

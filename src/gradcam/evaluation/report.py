@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..imaging import draw
 from ..imaging.geometry import Geometry
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
-from .runner import EvaluationResult, Example, FigureRow
+from .results import EvaluationResult, Example, FigureRow
 
 logger = logging.getLogger("gradcam")
 

@@ -29,16 +29,7 @@ from .regions import saliency_2d
 
 BASELINES = ("center", "whole-image", "random")
 
-TITLES = {
-    "gradcam": "Grad-CAM",
-    "counterfactual": "Counterfactual",
-    "cam": "CAM",
-    "guided-backprop": "Guided Backprop",
-    "guided-gradcam": "Guided Grad-CAM",
-    "gradient": "Input gradient",
-    "multilayer": "Multi-layer CAM",
-    "smoothgrad": "SmoothGrad",
-    "integrated-gradients": "Integrated Gradients",
+BASELINE_TITLES = {
     "center": "Baseline: centre box",
     "whole-image": "Baseline: whole image",
     "random": "Baseline: random map",
@@ -114,13 +105,9 @@ class BaselineSource(MapSource):
 
 
 def title(name: str) -> str:
-    """A display name: a known title, else the registered summary's text before its colon, else the name."""
-    if name in TITLES:
-        return TITLES[name]
+    """A display name: the registered method's title, a baseline's, else the name itself."""
     spec = METHODS.get(name)
-    if spec is not None and ":" in spec.summary:
-        return spec.summary.split(":", 1)[0].strip()
-    return name
+    return spec.title if spec is not None else BASELINE_TITLES.get(name, name)
 
 
 def default_methods() -> list[str]:

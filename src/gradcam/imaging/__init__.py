@@ -22,6 +22,7 @@ from gradcam.imaging.geometry import (
     resample_filter,
     resized_size_for,
 )
+from gradcam.imaging.grids import compare_methods, explanation_grid, grid
 from gradcam.imaging.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -45,12 +46,15 @@ __all__ = [
     "caption_height",
     "center_crop_box",
     "colormap",
+    "compare_methods",
     "compute_geometry",
     "draw_box",
     "draw_contour",
+    "explanation_grid",
     "find_images",
     "frame_strip",
     "gradient_image",
+    "grid",
     "load_image",
     "mask_outline",
     "overlay",

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .geometry import Geometry
+
 ArrayLike: TypeAlias = np.ndarray | torch.Tensor
 Color: TypeAlias = tuple[int, int, int]
 
@@ -120,18 +122,36 @@ def apply_colormap(heatmap: ArrayLike, name: str = "jet") -> Image.Image:
     return Image.fromarray(lut[_heatmap_indices(heatmap)], "RGB")
 
 
-def overlay(image: Image.Image, heatmap: ArrayLike, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+def overlay(
+    image: Image.Image,
+    heatmap: ArrayLike,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    geometry: Geometry | None = None,
+) -> Image.Image:
     """Blend a coloured heatmap over an image: ``out = round((1 - alpha) * image + alpha * colour)``.
 
-    ``heatmap`` (H, W) must already match the image size (W, H); ``alpha`` must lie in [0, 1].
+    ``heatmap`` (H, W) matches the image size (W, H), or, with ``geometry`` (the :class:`Geometry` of the
+    preprocessing that made the network input from this image), is a map in the network's frame at any
+    resolution (``Explanation.heatmap[b]``, ``Explanation.raw[b]``), first mapped back by
+    ``geometry.to_original``. ``alpha`` must lie in [0, 1].
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if geometry is not None:
+        if geometry.original_size != image.size:
+            raise ValueError(
+                f"geometry is of a {geometry.original_size[0]}x{geometry.original_size[1]} image but the image is "
+                f"{image.width}x{image.height}: pass the image the network input was made from"
+            )
+        maps = heatmap if isinstance(heatmap, torch.Tensor) else torch.as_tensor(np.asarray(heatmap))
+        heatmap = geometry.to_original(maps.detach().cpu())
     values = _to_numpy_2d(heatmap, "heatmap")
     if values.shape != (image.height, image.width):
         raise ValueError(
             f"heatmap size {values.shape[1]}x{values.shape[0]} (WxH) does not match "
-            f"image size {image.width}x{image.height}; resize the heatmap to the image first"
+            f"image size {image.width}x{image.height}; for a map in the network's frame pass geometry= (the "
+            "Geometry from preprocess / Geometry.from_transforms), which maps it back with geometry.to_original"
         )
     base = np.asarray(image.convert("RGB"), dtype=np.uint8)
     table = _blend_table(float(alpha), colormap.lower() if isinstance(colormap, str) else colormap)

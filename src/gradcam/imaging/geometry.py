@@ -63,9 +63,7 @@ def resample_filter(name: str) -> Image.Resampling:
     try:
         return _RESAMPLE_BY_NAME[name.lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown interpolation {name!r}; expected one of {sorted(_RESAMPLE_BY_NAME)}"
-        ) from None
+        raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(_RESAMPLE_BY_NAME)}") from None
 
 
 Box: TypeAlias = tuple[float, float, float, float]
@@ -107,6 +105,19 @@ class Geometry:
             if len(getattr(geometry, name)) != length:
                 raise ValueError(f"geometry {name} needs {length} integers; got {data[name]!r}")
         return geometry
+
+    @classmethod
+    def from_transforms(cls, transform: object, image_size: tuple[int, int]) -> Geometry:
+        """The Geometry of the user's torchvision preprocessing applied to an image of ``image_size`` (W0, H0).
+
+        ``transform``: a ``Compose`` (``torchvision.transforms`` or ``.v2``) or a single transform made of at
+        most one ``Resize`` (an int: the shorter side, with ``max_size``; or ``(h, w)``) followed by at most
+        one ``CenterCrop``. Steps that do not move pixels (``ToTensor``, ``PILToTensor``, ``ToImage``,
+        ``ToDtype``, ``ConvertImageDtype``, ``Normalize``, ``Lambda``-free colour steps) are skipped; any other
+        step (random crops, flips, padding, a crop before a resize) is an error naming it, since the maps
+        could not be mapped back exactly.
+        """
+        return geometry_from_transforms(transform, image_size)
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -380,11 +391,70 @@ def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tenso
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
-def preprocess_batch(
-    images: Sequence[Image.Image], config: PreprocessConfig
-) -> tuple[torch.Tensor, list[Geometry]]:
+def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> tuple[torch.Tensor, list[Geometry]]:
     """Preprocess each image (see :func:`preprocess`) and stack into a (B, 3, H, W) tensor."""
     if len(images) == 0:
         raise ValueError("preprocess_batch needs at least one image")
     tensors, geometries = zip(*(preprocess(image, config) for image in images))
     return torch.stack(tensors), list(geometries)
+
+
+_PIXEL_PRESERVING = {
+    "ToTensor", "PILToTensor", "ToImage", "ToPureTensor", "ToDtype", "ConvertImageDtype", "Normalize",
+    "ColorJitter", "Grayscale", "RGB", "ConvertImageMode",
+}  # fmt: skip
+
+
+def _size_pair(size: object, what: str) -> tuple[int, int] | int:
+    """A Resize / CenterCrop size as an int (shorter side) or an (h, w) pair."""
+    if isinstance(size, int):
+        return size
+    values = list(size) if isinstance(size, (tuple, list)) else None
+    if values is not None and len(values) == 1:
+        return int(values[0])
+    if values is not None and len(values) == 2:
+        return int(values[0]), int(values[1])
+    raise ValueError(f"{what} size must be an int or (h, w); got {size!r}")
+
+
+def resized_size_torchvision(
+    original_size: tuple[int, int], size: int | tuple[int, int], max_size: int | None
+) -> tuple[int, int]:
+    """(W1, H1) of torchvision's ``Resize(size, max_size=max_size)`` on an image of ``original_size`` (W0, H0)."""
+    if not isinstance(size, int):
+        height, width = size
+        return width, height
+    resized = resized_size_for(original_size, size)
+    if max_size is not None and max(resized) > max_size:
+        if max_size <= size:
+            raise ValueError(f"Resize max_size ({max_size}) must be larger than its size ({size})")
+        long, short = max(resized), min(resized)
+        short = int(max_size * short / long)
+        resized = (max_size, short) if resized[0] >= resized[1] else (short, max_size)
+    return resized
+
+
+def geometry_from_transforms(transform: object, image_size: tuple[int, int]) -> Geometry:
+    """See :meth:`Geometry.from_transforms`."""
+    steps = list(getattr(transform, "transforms", [transform]))
+    width, height = (int(v) for v in image_size)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image_size must be a positive (width, height); got {image_size!r}")
+    resized: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    for step in steps:
+        kind = type(step).__name__
+        if kind == "Resize" and resized is None and crop is None:
+            resized = resized_size_torchvision((width, height), _size_pair(step.size, "Resize"), step.max_size)
+        elif kind == "CenterCrop" and crop is None:
+            size = _size_pair(step.size, "CenterCrop")
+            crop = (size, size) if isinstance(size, int) else (size[1], size[0])
+        elif kind not in _PIXEL_PRESERVING:
+            raise ValueError(
+                f"cannot map maps back through {kind}: Geometry.from_transforms understands one Resize followed "
+                "by one CenterCrop (and steps that keep pixels in place, e.g. ToTensor, Normalize); explain the "
+                "image after those alone, or build the Geometry by hand"
+            )
+    resized = resized or (width, height)
+    crop = crop or resized
+    return Geometry((width, height), resized, center_crop_box(resized, crop), crop)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import GradCAMError
 from .geometry import image_pixels
 
 logger = logging.getLogger("gradcam")
@@ -45,7 +46,7 @@ _EXIF_ORIENTATION = 0x0112
 _XMP_KEYS = ("xmp", "XML:com.adobe.xmp")  # where PIL keeps a JPEG's XMP packet (newer, older releases)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(GradCAMError):
     """An image file could not be read; ``path`` is the file, ``reason`` says why."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
@@ -158,6 +159,8 @@ def read_file(path: str | os.PathLike[str]) -> tuple[bytes, dict[str, int]]:
         raise ImageReadError(path, _open_failure(path, error)) from None
     try:
         status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageReadError(path, "not a regular file")  # a folder: the message the CLI has always given
         if not stat.S_ISREG(status.st_mode):
             raise ImageReadError(path, f"not a regular file ({_file_kind(status.st_mode)})")
         if status.st_size == 0:
@@ -180,14 +183,14 @@ def _open_failure(path: Path, error: OSError) -> str:
             return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
         return "no such file"
     if error.errno == errno.EISDIR:
-        return "not a regular file (a folder)"
+        return "not a regular file"
     return error.strerror or type(error).__name__
 
 
 def _file_kind(mode: int) -> str:
     """What a non-regular file is, in words."""
-    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))  # fmt: skip
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
@@ -232,9 +235,8 @@ def _read_errors(path: Path) -> Iterator[None]:
         yield
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        formats = ", ".join(OPEN_FORMATS)
-        raise ImageReadError(path, f"not an image file in a supported format ({formats})") from None
+    except UnidentifiedImageError:  # also any content outside OPEN_FORMATS
+        raise ImageReadError(path, "not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"image too large ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as error:

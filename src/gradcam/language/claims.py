@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation.statistics import spearman
 from ..methods.gradcam import GradCAM
 from .metrics import (
     box_mask,
@@ -38,7 +39,6 @@ from .metrics import (
     inside_outside,
     occlusion_drops,
     pointing_hit,
-    spearman,
     uniform_pointing,
     window_means,
 )
@@ -112,6 +112,13 @@ class Tally:
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+def _rho(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rho, counting a constant map (rho undefined: it ranks nothing) as 0 for the claims: a map that
+    does not rank the regions has no rank agreement with occlusion, and dropping it would flatter the mean."""
+    rho = spearman(a, b)
+    return 0.0 if math.isnan(rho) else rho
 
 
 def _se(values: list[float]) -> float:
@@ -237,10 +244,10 @@ def _occlusion_claims(
 
         image = normalize_images(SceneDataset(scene.seed).images([scene]))[0]
         drops = occlusion_drops(score, image, OCCLUSION_PATCH, OCCLUSION_STRIDE, fill)
-        rhos.append(spearman(window_means(heatmap, OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
-        centre_rhos.append(spearman(centre, drops))
+        rhos.append(_rho(window_means(heatmap, OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
+        centre_rhos.append(_rho(centre, drops))
         box = box_mask(scene.objects[question.subject].box, (IMAGE_SIZE, IMAGE_SIZE)).float()
-        box_rhos.append(spearman(window_means(box, OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
+        box_rhos.append(_rho(window_means(box, OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
         other = [
             m
             for (index, subject), ms in maps_of.items()
@@ -248,7 +255,7 @@ def _occlusion_claims(
             for m in ms
         ]
         if other:
-            other_rhos.append(spearman(window_means(other[0], OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
+            other_rhos.append(_rho(window_means(other[0], OCCLUSION_PATCH, OCCLUSION_STRIDE), drops))
     return {
         "spearman": _mean(rhos),
         "spearman_se": _se(rhos),

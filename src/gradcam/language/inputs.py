@@ -7,14 +7,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import GradCAMError
 from ..imaging.geometry import Geometry, PreprocessConfig, preprocess
 from ..imaging.io import load_image
 from .loading import LanguageModel, load_language_model
 from .scenes import HELDOUT_SEED, make_scene, render
 
 
-class CommandError(ValueError):
-    """A bad command-line choice, reported as ``gradcam COMMAND: error: ...``."""
+class CommandError(GradCAMError):
+    """A bad command-line choice, reported as ``gradcam COMMAND: error: ...`` (exit code 2)."""
 
 
 def scene_image(index: int) -> Image.Image:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..imaging.geometry import PreprocessConfig
+from ..models import ModelLoadError
 from .models import PREPROCESS, load_captioner, load_vqa
 
 SYNTHETIC = "synthetic"
@@ -54,4 +55,6 @@ def load_language_model(
         folder = Path(spec[3:])
         adapter = load_hf(str(folder), task, device)
         return LanguageModel(adapter, _hf_preprocess(folder, adapter.model), spec)
-    raise ValueError(f"unknown model {spec!r}: use 'synthetic' or 'hf:FOLDER' (a local Hugging Face checkpoint)")
+    raise ModelLoadError(
+        f"unknown model {spec!r}: use 'synthetic' or 'hf:FOLDER' (a local Hugging Face checkpoint)"
+    )

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -63,31 +62,6 @@ def centre_map(size: tuple[int, int], sigma: float | None = None) -> torch.Tenso
     ys = torch.arange(height, dtype=torch.float32) + 0.5 - height / 2
     xs = torch.arange(width, dtype=torch.float32) + 0.5 - width / 2
     return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma * sigma))
-
-
-def rank(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n of a 1-D tensor, ties given their average rank (as ``scipy.stats.rankdata``)."""
-    values = values.reshape(-1).double()
-    order = torch.argsort(values, stable=True)
-    sorted_values = values[order]
-    n = values.numel()
-    ranks = torch.empty_like(values)
-    new_run = torch.ones(n, dtype=torch.bool, device=values.device)
-    new_run[1:] = sorted_values[1:] != sorted_values[:-1]
-    bounds = [*torch.nonzero(new_run).reshape(-1).tolist(), n]
-    for start, stop in pairwise(bounds):  # runs of equal values share the mean of ranks start+1 .. stop
-        ranks[order[start:stop]] = (start + stop + 1) / 2
-    return ranks
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation: Pearson correlation of the tie-averaged ranks (0 when one is constant)."""
-    if a.numel() != b.numel():
-        raise ValueError(f"spearman needs equal sizes; got {a.numel()} and {b.numel()}")
-    ra, rb = rank(a), rank(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = ra.norm() * rb.norm()
-    return float((ra * rb).sum() / denominator) if float(denominator) > 0 else 0.0
 
 
 def occlusion_drops(

@@ -27,6 +27,7 @@ from torch import nn
 from ..capture import model_guard
 from ..errors import InputError
 from ..imaging.geometry import PreprocessConfig
+from ..models._loaders import ModelLoadError, _short_reason
 from .scenes import BACKGROUND
 from .vocab import ANSWER_KINDS, ANSWERS, BOS, CAPTION_VOCAB, EOS, PAD, QUESTION_VOCAB, Vocabulary, pad_batch
 
@@ -148,10 +149,12 @@ class SceneCaptioner(nn.Module):
         token = torch.full((images.shape[0],), self.bos_id, dtype=torch.long, device=images.device)
         generated, steps = [token], []
         done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        for _ in range(max_len + 1):
+        for t in range(max_len + 1):
             logits, h = self.step(token, h, memory)
             steps.append(logits)
-            token = torch.where(done, torch.full_like(token, self.pad_id), logits.detach().argmax(-1))
+            # after max_len words the caption ends: the last step's token is <eos>, not a word max_len + 1
+            best = logits.detach().argmax(-1) if t < max_len else torch.full_like(token, self.eos_id)
+            token = torch.where(done, torch.full_like(token, self.pad_id), best)
             generated.append(token)
             done = done | (token == self.eos_id)
             if bool(done.all()):
@@ -165,13 +168,15 @@ class SceneCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, max_len: int = MAX_CAPTION_WORDS, beam: int = 1) -> torch.Tensor:
-        """Captions as token ids (B, L): ``<bos>`` ... ``<eos>``, right-padded; greedy or beam search.
+        """Captions as token ids (B, L): ``<bos>``, at most ``max_len`` words, ``<eos>``, right-padded; greedy or beam.
 
         Beam search keeps the ``beam`` best partial captions by summed log-probability and returns the
         finished caption with the highest sum (neuraltalk2's rule, no length normalisation).
         """
         if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
             raise InputError(f"beam must be an integer >= 1; got {beam!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise InputError(f"max_len must be an integer >= 1 (words); got {max_len!r}")
         with model_guard(self):
             if beam == 1:
                 return _cut_after_eos(self(images, max_len=max_len)["tokens"], self.eos_id, self.pad_id)
@@ -182,12 +187,17 @@ class SceneCaptioner(nn.Module):
         cells, keys, h = self.memory(image)
         seqs, scores = [[self.bos_id]], torch.zeros(1, device=image.device)
         finished: list[tuple[float, list[int]]] = []
-        for _ in range(max_len + 1):
+        for t in range(max_len + 1):
             n = len(seqs)
             memory = (cells.expand(n, -1, -1), None if keys is None else keys.expand(n, -1, -1), h)
             token = torch.tensor([s[-1] for s in seqs], device=image.device)
             logits, h = self.step(token, h, memory)
-            total = (scores[:, None] + torch.log_softmax(logits, dim=-1)).reshape(-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if t == max_len:  # max_len words so far: every beam ends here, with its <eos> scored
+                only_end = torch.full_like(log_probs, float("-inf"))
+                only_end[:, self.eos_id] = log_probs[:, self.eos_id]
+                log_probs = only_end
+            total = (scores[:, None] + log_probs).reshape(-1)
             best = total.topk(min(beam, total.numel()))
             vocab = logits.shape[-1]
             keep_rows, keep_seqs, keep_scores = [], [], []
@@ -430,26 +440,49 @@ def save_model(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | 
 
 def load_payload(kind: str, path: str | Path | None = None) -> dict[str, Any]:
     """The raw saved dictionary (metrics included) of a shipped or given weights file."""
-    path = weights_path(kind) if path is None else Path(path)
+    if path is None:
+        path = weights_path(kind)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {kind} weights at {path}; train them with `python scripts/train_language.py train`"
+            )
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no {kind} weights at {path}; train them with `python scripts/train_language.py train`"
+        raise ModelLoadError(f"weights file not found: {path}", argument="weights")
+    expected = f"a gradcam {kind} weights file (saved by gradcam.language.save_model)"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises UnpicklingError, RuntimeError, KeyError, ... by format
+        raise ModelLoadError(
+            f"{path} is not {expected}: torch.load cannot read it ({_short_reason(error)})", argument="weights"
+        ) from error
+    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
+        found = f"format {payload.get('format')!r}" if isinstance(payload, Mapping) else type(payload).__name__
+        raise ModelLoadError(f"{path} is not {expected}; it holds {found}", argument="weights")
+    if payload.get("kind") != kind:
+        raise ModelLoadError(
+            f"{path} holds gradcam {payload.get('kind')} weights; expected {kind} weights", argument="weights"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("kind") != kind:
-        raise ValueError(f"{path} is not a gradcam {kind} weights file (format {payload.get('format')!r})")
     return payload
 
 
 def load_scene_model(kind: str, path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """The shipped (or given) synthetic-scene model of ``kind`` in eval mode on ``device``."""
     payload = load_payload(kind, path)
-    vocab = Vocabulary(payload["vocab"], name="caption vocabulary" if kind == "captioner" else "question vocabulary")
-    if kind == "captioner":
-        model: nn.Module = SceneCaptioner(vocab, **payload["config"])
-    else:
-        model = SceneVQA(vocab, tuple(payload["answers"]), **payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        name = "caption vocabulary" if kind == "captioner" else "question vocabulary"
+        vocab = Vocabulary(payload["vocab"], name=name)
+        if kind == "captioner":
+            model: nn.Module = SceneCaptioner(vocab, **payload["config"])
+        else:
+            model = SceneVQA(vocab, tuple(payload["answers"]), **payload["config"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        where = weights_path(kind) if path is None else path
+        reason = " ".join(str(error).split())  # load_state_dict's message lists the keys over several lines
+        raise ModelLoadError(
+            f"{where} does not build a {kind}: {type(error).__name__}: {reason[:400]}", argument="weights"
+        ) from error
     return model.eval().to(device)
 
 

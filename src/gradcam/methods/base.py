@@ -203,6 +203,8 @@ class MapContext:
     inputs: torch.Tensor  # x, (B, C, H, W)
     rescore: Callable[[torch.Tensor, int], torch.Tensor]  # (inputs (N,C,H,W) of image b, b) -> (N, k) scores
     features: torch.Tensor | None = None  # what the map sums over; defaults to activations
+    request: Target = None  # the target as the caller gave it (methods that run passes of their own)
+    forward_kwargs: Mapping[str, Any] | None = None  # the call's forward kwargs, for the same reason
 
     @property
     def axes(self) -> tuple[int, ...]:
@@ -249,9 +251,19 @@ class LayerMethod(Explainer):
         """The layer in use (None until the first call when it is chosen automatically)."""
         return None if self._layer is None else self._layer[0]
 
-    def channel_weights(self, context: MapContext) -> torch.Tensor:
-        """The channel weights alpha, (B, k, K)."""
+    def channel_weights(self, context: MapContext) -> torch.Tensor | None:
+        """The channel weights alpha, (B, k, K); None for a method whose ``combine`` has no channel weights."""
         raise NotImplementedError
+
+    def channel_terms(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        """The map's summands, (B, k, K, *S): ``combine`` is ``ReLU`` of their sum over K.
+
+        ``alpha_k F_k`` here; element-wise methods (HiResCAM's ``g_k A_k``, ...) override it together
+        with ``combine``. Eigen smoothing (:class:`gradcam.smoothing.EigenSmooth`) projects them on their
+        first principal component instead of summing them.
+        """
+        features = context.activations if context.features is None else context.features
+        return weights[(..., *[None] * len(context.axes))] * features.unsqueeze(1)
 
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         """``ReLU(sum_k alpha_k F_k)`` for every map, (B, k, *S); F is A unless a method says otherwise."""
@@ -351,6 +363,8 @@ class LayerMethod(Explainer):
                     sign,
                     x,
                     self._rescorer(x, target, resolved, forward_kwargs),
+                    request=target,
+                    forward_kwargs=forward_kwargs,
                 )
                 weights = self.channel_weights(context)
                 raw = self.combine(weights, context)
@@ -363,7 +377,7 @@ class LayerMethod(Explainer):
             raw=finish(raw, multi),
             scores=finish(resolved.scores.detach(), multi),
             method=self.name,
-            weights=finish(weights, multi),
+            weights=None if weights is None else finish(weights, multi),
             classes=None if resolved.classes is None else finish(resolved.classes, multi),
             layer=name,
             counterfactual=counterfactual,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -29,6 +31,46 @@ def principal_projection(activations: torch.Tensor, center: bool = True) -> tupl
     axis = torch.where(agreement.unsqueeze(1) < 0, -axis, axis)
     features = matrix.transpose(1, 2).reshape(activations.shape)
     return axis.to(activations.dtype), features.to(activations.dtype)
+
+
+def first_component(terms: torch.Tensor) -> torch.Tensor:
+    """The summands (B, k, K, *S) of a map, replaced by those of their first principal component.
+
+    For each map the K terms are a (positions x K) matrix T; the result is ``v1_k (T_k - mean T_k)``
+    with ``v1`` T's first principal axis (:func:`principal_projection`: centred over positions, SVD in
+    float64, sign chosen so the projection correlates positively with the sum of the terms, i.e. with
+    the map before the projection). Its sum over K is the projection ``(T - mean T) v1``.
+    """
+    axis, centred = principal_projection(terms.flatten(0, 1))
+    shape = (*axis.shape, *[1] * (terms.dim() - 3))
+    return (axis.view(shape) * centred).view(terms.shape)
+
+
+@functools.cache
+def eigen_smoothed(cls: type[LayerMethod]) -> type[LayerMethod]:
+    """``cls`` with its map's channel terms projected on their first principal component.
+
+    pytorch-grad-cam's ``eigen_smooth=True``: ``L = ReLU((T - mean T) v1)`` instead of ``ReLU(sum_k T_k)``,
+    where T are the method's :meth:`~LayerMethod.channel_terms` (``alpha_k A_k``, or ``g_k A_k`` for
+    element-wise methods). The weights reported are the method's own. One class per method (cached).
+    """
+
+    def channel_terms(self: LayerMethod, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        return first_component(super(smoothed, self).channel_terms(weights, context))
+
+    def combine(self: LayerMethod, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        return torch.relu(self.channel_terms(weights, context).sum(dim=2))
+
+    doc = f"{cls.__name__} with eigen smoothing: the first principal component of its channel terms."
+    namespace = {
+        "channel_terms": channel_terms,
+        "combine": combine,
+        "name": f"{cls.name}+eigen-smooth",
+        "__doc__": doc,
+        "__module__": cls.__module__,
+    }
+    smoothed = type(f"EigenSmooth{cls.__name__}", (cls,), namespace)
+    return smoothed
 
 
 class EigenCAM(LayerMethod):

@@ -25,10 +25,17 @@ class GradCAMPlusPlus(LayerMethod):
     name = "gradcam++"
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:
-        grads = context.gradients  # (B, k, K, u, v)
-        total = context.activations.sum(dim=context.axes, keepdim=True).unsqueeze(1)  # (B, 1, K, 1, 1)
-        grads2 = grads * grads
-        denominator = 2 * grads2 + total * grads2 * grads
-        nonzero = denominator != 0
-        alpha = torch.where(nonzero, grads2 / torch.where(nonzero, denominator, 1), 0)
-        return (alpha * torch.relu(grads)).sum(dim=context.axes)
+        grads = context.gradients  # (B, k, K, *S)
+        return plus_plus_weights(grads, grads * grads, grads * grads * grads, context)
+
+
+def plus_plus_weights(
+    first: torch.Tensor, second: torch.Tensor, third: torch.Tensor, context: MapContext
+) -> torch.Tensor:
+    """``w_k = sum_ij alpha_k^ij ReLU(D1)``, ``alpha = D2 / (2 D2 + sum_ab A_k^ab D3)`` (0 where the
+    denominator is 0), from the first, second and third derivatives D1, D2, D3 (B, k, K, *S)."""
+    total = context.activations.sum(dim=context.axes, keepdim=True).unsqueeze(1)  # (B, 1, K, 1, ...)
+    denominator = 2 * second + total * third
+    nonzero = denominator != 0
+    alpha = torch.where(nonzero, second / torch.where(nonzero, denominator, 1), 0)
+    return (alpha * torch.relu(first)).sum(dim=context.axes)

@@ -22,5 +22,8 @@ class HiResCAM(LayerMethod):
     def channel_weights(self, context: MapContext) -> torch.Tensor:
         return context.gradients.mean(dim=context.axes)
 
+    def channel_terms(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
+        return context.gradients * context.activations.unsqueeze(1)
+
     def combine(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
-        return torch.relu((context.gradients * context.activations.unsqueeze(1)).sum(dim=2))
+        return torch.relu(self.channel_terms(weights, context).sum(dim=2))

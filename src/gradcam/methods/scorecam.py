@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -74,17 +74,28 @@ class ScoreCAM(LayerMethod):
             self.model, x, target, resolved, forward_kwargs, self.output, probabilities=self.score == "probability"
         )
 
+    def mask_scorer(self, context: MapContext) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """For one call: ``score(masks, b) -> (n, k)``, the scores of image b under n masks (n, 1, *X) in
+        [0, 1]; here ``f(x_b ⊙ M)``. Variants (SS-CAM, IS-CAM) score each mask differently."""
+
+        def score(masks: torch.Tensor, b: int) -> torch.Tensor:
+            image = context.inputs[b : b + 1]
+            return context.rescore(image * masks.to(image.dtype), b).float()
+
+        return score
+
     def channel_scores(self, context: MapContext) -> torch.Tensor:
         """``S_k`` for every image, channel and target: (B, K, k), ``batch_size`` masked images per pass."""
         activations, inputs = context.activations, context.inputs
         size = tuple(inputs.shape[2:])
+        score = self.mask_scorer(context)
         per_image = []
         for b in range(inputs.shape[0]):
             chunks = []
             for start in range(0, activations.shape[1], self.batch_size):
                 maps = activations[b : b + 1, start : start + self.batch_size]
                 masks = normalize(upsample(maps, size), len(size))[0].unsqueeze(1)  # (n, 1, *X)
-                chunks.append(context.rescore(inputs[b : b + 1] * masks.to(inputs.dtype), b).float())
+                chunks.append(score(masks, b))
             per_image.append(torch.cat(chunks))
         return torch.stack(per_image)
 

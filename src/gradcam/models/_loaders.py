@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import logging
 import math
 import re
 import sys
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from gradcam.errors import GradCAMError
 from gradcam.imaging.geometry import Geometry, PreprocessConfig
 
 from .efficientnet_lite import efficientnet_lite0, lite0_weights_path, map_state_dict_in_order
@@ -66,8 +68,16 @@ _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", 
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
-class ModelLoadError(ValueError):
-    """A model or its weights could not be loaded; the message says what to do."""
+class ModelLoadError(GradCAMError):
+    """A model or its weights could not be loaded; the message says what to do.
+
+    ``argument`` names the argument at fault when it is not the model spec: ``"weights"`` for a weights
+    file that cannot be read or does not fit (the command line shows it as ``--weights``).
+    """
+
+    def __init__(self, message: str, *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 #: What a loaded model's output is: class scores, detections, per-pixel class scores or an embedding.
@@ -187,30 +197,54 @@ def _short_reason(exc: BaseException) -> str:
     match = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
     if match:
         return f"it pickles a Python object ({match.group(0)})"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    if "WeightsUnpickler error:" in text:  # skip torch's advice to retry unsafely; keep what the unpickler saw
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ", 1)[0]  # torch's messages go on with advice after the first sentence
+    if not isinstance(exc, (RuntimeError, ValueError, OSError)) or not first:
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return first[:300]
 
 
 def load_state_dict_file(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     """Read a weights file safely (``weights_only``): unwrap checkpoints, strip ``module.`` prefixes."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not a weights file", argument="weights")
     if not path.is_file():
-        raise ModelLoadError(f"weights file not found: {path}")
+        raise ModelLoadError(f"weights file not found: {path}", argument="weights")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
-            raise ModelLoadError(f"{path} is a safetensors file: pip install safetensors") from exc
-        return _strip_prefixes(load_file(str(path)))
+            raise ModelLoadError(f"{path} is a safetensors file: pip install safetensors", argument="weights") from exc
+        try:
+            return _strip_prefixes(load_file(str(path)))
+        except Exception as exc:  # safetensors raises its own SafetensorError; the reason is kept in the message
+            raise ModelLoadError(
+                f"{path} is not a safetensors weights file: {_short_reason(exc)}", argument="weights"
+            ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, KeyError, EOFError, ... by format
+        reason = _short_reason(exc)
+        if reason.startswith("it pickles a Python object"):
+            raise ModelLoadError(
+                f"could not read weights from {path} with torch.load(weights_only=True): {reason}. "
+                "If it is a checkpoint holding Python objects, re-save just the weights: "
+                "torch.save(model.state_dict(), PATH)",
+                argument="weights",
+            ) from exc
         raise ModelLoadError(
-            f"could not read weights from {path} with torch.load(weights_only=True): {_short_reason(exc)}. "
-            "If it is a checkpoint holding Python objects, re-save just the weights: "
-            "torch.save(model.state_dict(), PATH)"
+            f"{path} is not a PyTorch weights file (a state dict or checkpoint saved with torch.save, or a "
+            f".safetensors file): torch.load cannot read it ({reason})",
+            argument="weights",
         ) from exc
-    return _strip_prefixes(_unwrap_checkpoint(obj, path))
+    try:
+        return _strip_prefixes(_unwrap_checkpoint(obj, path))
+    except ModelLoadError as exc:
+        exc.argument = "weights"
+        raise
 
 
 def _diff_message(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> str | None:
@@ -244,12 +278,12 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
     """Strictly load ``state`` into ``model`` or raise ModelLoadError listing every difference."""
     message = _diff_message(model, state, source)
     if message:
-        raise ModelLoadError(message)
+        raise ModelLoadError(message, argument="weights")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelLoadError(
-            f"weights from {source} do not fit the model ({type(model).__name__}): {exc}"
+            f"weights from {source} do not fit the model ({type(model).__name__}): {exc}", argument="weights"
         ) from exc
 
 
@@ -729,6 +763,21 @@ def _export_preprocess(program: Any) -> PreprocessConfig:
     return IMAGENET_PREPROCESS
 
 
+@contextlib.contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """Silence the traceback torch.export.load logs (as warnings) before raising on a file it cannot read.
+
+    The exception it raises is kept and reported; only the duplicate log lines on stderr go.
+    """
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_serialized(
     path: Path, weights: str | Path | None, device: str | torch.device, labels: str | Path | None
 ) -> LoadedModel:
@@ -744,7 +793,8 @@ def _load_serialized(
                     warnings.simplefilter("ignore", FutureWarning)
                     model = torch.jit.load(str(path), map_location="cpu")
             else:
-                program = torch.export.load(str(path))
+                with _quiet_torch_export():
+                    program = torch.export.load(str(path))
                 preprocess = _export_preprocess(program)
                 try:  # keeps submodule names (layer4, ...) so Grad-CAM can hook them
                     model = torch.export.unflatten(program)
@@ -752,7 +802,7 @@ def _load_serialized(
                     model = program.module()
             break
         except Exception as exc:
-            errors.append(f"{'torch.jit.load' if kind == 'jit' else 'torch.export.load'}: {exc}")
+            errors.append(f"{'torch.jit.load' if kind == 'jit' else 'torch.export.load'}: {_short_reason(exc)}")
     if model is None:
         hint = ""
         try:
@@ -766,7 +816,7 @@ def _load_serialized(
             pass
         raise ModelLoadError(
             f"{path} is neither a TorchScript archive nor a torch.export .pt2 file "
-            f"({'; '.join(errors)}).{hint}"
+            f"({'; '.join(errors)}).{hint or ' Expected a model saved with torch.jit.save or torch.export.save.'}"
         )
     if weights is not None:
         _load_into(model, load_state_dict_file(weights), str(weights))

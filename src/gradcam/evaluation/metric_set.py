@@ -1,0 +1,85 @@
+"""The metric objects of one map source, merged batch by batch and summarised into one table row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..models import LoadedModel
+from .faithfulness import ConfidenceChange, DeletionInsertion, OcclusionCorrelation
+from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
+from .results import EvaluationSettings
+
+
+class MetricSet:
+    """The metric objects of one source (TorchCAM-style update / summary; merged with :meth:`merge`)."""
+
+    NAMES = ("localization", "boxes", "pointing", "energy", "curves", "confidence", "occlusion")
+
+    def __init__(self, settings: EvaluationSettings, loaded: LoadedModel) -> None:
+        s = settings
+        self.localization = LocalizationError(s.threshold, s.iou, s.connectivity)
+        self.boxes = BoxAccuracy(s.threshold, s.iou, s.connectivity, s.sweep)
+        self.pointing = PointingGame(s.tolerance)
+        self.energy = BoxEnergy()
+        self.curves = DeletionInsertion(
+            s.step, s.deletion_baseline, s.insertion_baseline, s.score, batch_size=s.curve_batch_size, seed=s.seed
+        )
+        pre = loaded.preprocess
+        self.confidence = ConfidenceChange(pre.mean, pre.std, s.score, batch_size=s.curve_batch_size)
+        self.occlusion = OcclusionCorrelation(s.patch, s.stride, s.fill, s.score, batch_size=s.curve_batch_size)
+
+    def merge(self, other: MetricSet) -> MetricSet:
+        """Append another batch's state, metric by metric (see :mod:`.state`)."""
+        for name in self.NAMES:
+            getattr(self, name).merge(getattr(other, name))
+        return self
+
+    def summary(self, tasks: Sequence[str], occlusion: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "localization" in tasks:
+            loc = self.localization.summary()
+            k = loc["k"]
+            out.update(
+                {
+                    "top1_loc_error": loc["top1_loc_error"],
+                    "topk_loc_error": loc[f"top{k}_loc_error"],
+                    "top1_cls_error": loc["top1_cls_error"],
+                    "topk_cls_error": loc[f"top{k}_cls_error"],
+                    "k": k,
+                }
+            )
+        if "localization" in tasks or "pointing" in tasks:
+            boxes = self.boxes.summary()
+            pointing = self.pointing.summary()
+            energy = self.energy.summary()
+            out.update(
+                {
+                    "box_accuracy": boxes["accuracy"],
+                    "mean_iou": boxes["mean_iou"],
+                    "pointing": pointing["accuracy"],
+                    "pointing_overall": pointing["overall"],
+                    "pointing_two_object": pointing["multi_class_accuracy"],
+                    "points_at_other": pointing["confusion"],
+                    "energy": energy["energy"],
+                    "in_out_ratio": energy["ratio"],
+                    "box_accuracy_two_object": boxes["multi_class_accuracy"],
+                    "max_box_accuracy": boxes.get("max_accuracy"),
+                    "best_threshold": boxes.get("best_threshold"),
+                    "box_accuracy_by_threshold": boxes.get("accuracy_by_threshold"),
+                }
+            )
+        if "faithfulness" in tasks:
+            curves = self.curves.summary()
+            confidence = self.confidence.summary()
+            out.update(
+                {
+                    "deletion_auc": curves["deletion_auc"],
+                    "insertion_auc": curves["insertion_auc"],
+                    "average_drop": confidence["average_drop"],
+                    "increase_in_confidence": confidence["increase_in_confidence"],
+                }
+            )
+            if occlusion:
+                out["rank_correlation"] = self.occlusion.summary()["rank_correlation"]
+        return {key: value for key, value in out.items() if value is not None}
