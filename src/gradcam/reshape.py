@@ -37,7 +37,7 @@ from torch import nn
 
 from .capture import model_guard
 from .errors import LayerError
-from .layers import resolve_layer
+from .layers import call_model, resolve_layer
 
 MAX_PREFIX = 16
 Layout = Literal["tokens", "channels_last"]
@@ -230,7 +230,7 @@ def _probe_shape(
     handle = layer.register_forward_hook(hook)
     try:
         with model_guard(model), torch.no_grad():
-            model(x, **(forward_kwargs or {}))
+            call_model(model, x, forward_kwargs, "the reshape probe")
     finally:
         handle.remove()
     if not shapes:

@@ -8,6 +8,8 @@
 - a ``(B, k)`` integer tensor: k classes per image, all explained from one forward pass;
 - a callable ``output -> (B,)`` tensor of scalars (or ``(B, k)`` for k scalars per image);
 - ``TopK(k)``: each image's k highest-scoring classes, chosen and explained from the same forward pass.
+- a list of B callables, one per image, each ``row -> scalar`` on that image's row of the output
+  (pytorch-grad-cam's ``targets=[ClassifierOutputTarget(c), ...]``; see :class:`PerImageTargets`).
 
 Class-index targets read the scores from the model output, selected by ``output=`` when the model
 returns a tuple, a dict or a Hugging Face ``ModelOutput``.
@@ -79,6 +81,61 @@ class TopK:
             raise TargetError(f"TopK(k) needs an integer k >= 1; got {self.k!r}")
 
 
+class PerImageTargets:
+    """One callable per image, each given only its image's row of the output: ``y_b = t_b(out[b])``.
+
+    This is pytorch-grad-cam's target convention (``ClassifierOutputTarget(c)(row) = row[c]``,
+    ``SemanticSegmentationTarget(c, m)(row) = sum(row[c] * m)``), so its ``targets=[...]`` lists work
+    unchanged. The rows come from the selected output (``output=``), a plain tensor, or the ``logits``
+    / ``out`` entry of a dict or ``ModelOutput``. Each callable must return one scalar.
+    """
+
+    def __init__(self, targets: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        self.targets = tuple(targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def for_image(self, index: int, copies: int) -> PerImageTargets:
+        """Image ``index``'s target for ``copies`` modified copies of that image (perturbation methods)."""
+        return PerImageTargets([self.targets[index]] * copies)
+
+    def rows(self, output: Any) -> torch.Tensor:
+        if isinstance(output, Mapping) and "logits" not in output and "out" in output:
+            return output["out"]
+        return select_output(output)
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        rows = self.rows(output)
+        if rows.shape[0] != len(self.targets):
+            raise TargetError(
+                f"{len(self.targets)} per-image targets for a batch of {rows.shape[0]} images; give one callable "
+                "per image (pytorch-grad-cam's targets=[ClassifierOutputTarget(c) for c in classes])"
+            )
+        scores = []
+        for b, target in enumerate(self.targets):
+            score = target(rows[b])
+            if not isinstance(score, torch.Tensor) or score.numel() != 1:
+                shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+                raise TargetError(f"per-image target {b} ({target!r}) must return one scalar from its row; got {shape}")
+            scores.append(score.reshape(()))
+        return torch.stack(scores)
+
+    def __repr__(self) -> str:
+        return f"PerImageTargets({list(self.targets)!r})"
+
+
+def per_image_targets(target: Any) -> Any:
+    """``target`` as a :class:`PerImageTargets` when it is a non-empty list or tuple of callables; else unchanged."""
+    if (
+        isinstance(target, (list, tuple))
+        and target
+        and all(callable(t) and not isinstance(t, (torch.Tensor, TopK)) for t in target)
+    ):
+        return PerImageTargets(target)
+    return target
+
+
 @dataclass(frozen=True)
 class ResolvedTarget:
     """The scalars to explain: ``scores`` (B, k) with their graph, the classes they belong to, and the
@@ -112,6 +169,8 @@ def class_indices(
             f"target of type {type(target).__name__} is not a class index, a sequence of class "
             "indices, a (B, k) tensor or a callable"
         ) from None
+    if indices.is_inference():  # made under torch.inference_mode(): autograd may not save it for backward
+        indices = indices.clone()
     if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
         raise TargetError(f"target class indices must be integers; got dtype {indices.dtype}")
     if indices.dim() == 0:
@@ -145,6 +204,12 @@ def resolve_target(
     target: Target, output: Any, batch_size: int, selector: OutputSelector = None
 ) -> ResolvedTarget:
     """Compute the scalars y to explain from the model output (with their autograd graph)."""
+    target = per_image_targets(target)
+    if isinstance(target, PerImageTargets) and len(target) != batch_size:
+        raise TargetError(
+            f"target lists {len(target)} per-image callables but the batch has {batch_size} images; give one per "
+            "image (pytorch-grad-cam's targets=[ClassifierOutputTarget(c) for c in classes])"
+        )
     if callable(target) and not isinstance(target, (torch.Tensor, TopK)):
         scores = target(select_output(output, selector) if selector is not None else output)
         if not isinstance(scores, torch.Tensor):

@@ -561,12 +561,19 @@ class DetectorAdapter(nn.Module):
 
     @property
     def default_layer(self) -> str:
-        """The deepest backbone stage (its output feeds every FPN level, so every detection)."""
+        """The deepest backbone stage (its output feeds every FPN level, so every detection); for SSD the
+        base network's map that feeds every detection level: ``backbone.features`` (VGG), the first half
+        ``backbone.features.0`` (SSDLite, whose second half already is one of its detection levels)."""
         body = getattr(getattr(self.detector, "backbone", None), "body", None)
         if isinstance(body, nn.Module):
             children = [name for name, _ in body.named_children()]
             if children:
                 return f"detector.backbone.body.{children[-1]}"
+        features = getattr(getattr(self.detector, "backbone", None), "features", None)
+        if isinstance(features, nn.Sequential) and len(features):
+            if all(isinstance(child, nn.Sequential) for child in features):  # SSDLite: called half by half
+                return "detector.backbone.features.0"
+            return "detector.backbone.features"
         backbone = getattr(self.detector, "backbone", None)
         if isinstance(backbone, nn.Module):
             return "detector.backbone"

@@ -128,4 +128,4 @@ def test_a_reused_module_is_refused():
     # torchvision's BasicBlock calls its `relu` twice; ablating both calls is not Ablation-CAM.
     model = scaled_resnet18()
     with pytest.raises(gradcam.MethodError, match=r"'layer4.1.relu' is called 2 times in one forward pass"):
-        gradcam.AblationCAM(model, "layer4.1.relu")(torch.randn(1, 3, 32, 32))
+        gradcam.AblationCAM(model, "layer4.1.relu")(torch.randn(1, 3, 64, 64))  # 2x2 (1x1 is an error)

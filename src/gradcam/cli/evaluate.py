@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fill", type=float, default=0.0, help="occlusion fill value in input space (0)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--html", action="store_true", help="also write OUT/report.html (table, curves, examples)")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -215,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
         f"{result.evaluated_images} images evaluated, {result.reused_images} reused from {out / 'partial'}/; "
         f"per-image and per-method CSV/JSON, figures and examples in {out}/ ({len(written)} files)"
     )
+    if args.html:
+        from .report import write_html
+
+        write_html(out)
     requested = [name for name in failed if args.method and name in args.method]
     if failed:
         listed = ", ".join(f"{name} ({error.splitlines()[0]})" for name, error in failed.items())

@@ -117,6 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
+    parser.add_argument("--html", action="store_true", help="also write OUT/report.html to browse the outputs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
         first = summary.items[0]["outputs"][0]
         example = next((first[kind] for kind in OUTPUT_KINDS if first.get(kind)), None)
         _print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
+    if args.html:  # before the exit code of failed items: the page lists them
+        from .report import write_html
+
+        write_html(out)
     if summary.failed:
         others = "; the others are written" if summary.failed < len(paths) else ""
         raise RunError(f"{summary.failed} of {len(paths)} images failed (the lines above say why){others}")

@@ -1,7 +1,7 @@
 """Kept for compatibility: the batch job lives in :mod:`gradcam.batch` and is re-exported here.
 
-:func:`_layer_name` (a job's layer when none is given) stays here for now: the automatic layer choice
-is being reworked in its own change.
+:func:`_layer_name` (a requested layer's name in the model the job runs) stays here, where the
+automatic layer choice's change put it; :mod:`gradcam.batch.explainers` imports it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from ..batch.settings import (
     valid_outputs,
 )
 from ..batch.targets import ItemTargets, TaskRunner, class_name, mask_to_input, region_to_original
-from ..errors import LayerError
 
 logger = logging.getLogger("gradcam")
 
@@ -98,21 +97,13 @@ __all__ = [
 
 def _layer_name(model: nn.Module, requested: str | None) -> str | None:
     """The layer to explain: the request (detector layers may omit the adapter's ``detector.``
-    prefix), or for a vision transformer the first LayerNorm of its last block; None: automatic."""
-    from ..reshape import patch_size, token_layer
+    prefix), or None: the explainers' automatic choice, :func:`gradcam.layers.auto_layer` (the same
+    function as the API's and ``gradcam layers``': token blocks re-indexed to their grid, a detector's
+    backbone cut to the image, a dense model's backbone)."""
     from ..tasks import DetectorAdapter
 
-    if requested is not None:
-        if isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
-            names = {name for name, _ in model.detector.named_modules()}
-            if requested in names:
-                return f"detector.{requested}"
-        return requested
-    if isinstance(model, DetectorAdapter):
-        return model.default_layer
-    if patch_size(model) is not None:
-        try:
-            return token_layer(model)
-        except LayerError:
-            return None
-    return None
+    if requested is not None and isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
+        names = {name for name, _ in model.detector.named_modules()}
+        if requested in names:
+            return f"detector.{requested}"
+    return requested

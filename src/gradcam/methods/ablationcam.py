@@ -77,13 +77,23 @@ class AblationCAM(LayerMethod):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape=None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
+        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape, **unknown)
         if reshape is not None:
             raise MethodError("Ablation-CAM ablates channels of a (B, K, u, v) layer output; reshape= is not supported")
         self.batch_size = check_batch_size(batch_size)
         self.value = float(value)
         self.broadcast: bool | None = None  # learnt on the first call: does the fast path work?
+
+    def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
+        resolved = super()._resolve(x, forward_kwargs)
+        if self.reshape is not None:  # the automatic choice is a token layer (ViT, Swin, ...)
+            raise MethodError(
+                f"the automatic layer of {type(self.model).__name__} is the token layer '{resolved[0]}'; Ablation-CAM "
+                "ablates channels of a (B, K, u, v) map: pass layer= a convolutional map, or use GradCAM"
+            )
+        return resolved
 
     def _rescorer(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import REENTRANT_CHECKPOINT_FIX, capture_layer, model_guard, reentrant_checkpoint_error
-from ..errors import InputError, LayerError
+from ..errors import GradCAMError, InputError, LayerError
 from ..explanation import Explanation
-from ..layers import choose_layer, probe_layers, resolve_layer
-from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
+from ..layers import auto_layer, call_model, resolve_layer
+from ..targets import OutputSelector, ResolvedTarget, Target, per_image_targets, resolve_target
 
 logger = logging.getLogger("gradcam")
 
@@ -130,12 +131,9 @@ def no_autocast(x: torch.Tensor):
 
 
 def run_model(model: nn.Module, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> Any:
-    """The forward pass ``model(x, **forward_kwargs)``, with torch's failures re-raised naming the input."""
-    try:
-        return model(x, **(forward_kwargs or {}))
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"the model's forward pass failed on x of shape {tuple(x.shape)}: {first}") from error
+    """The forward pass ``model(x, **forward_kwargs)``; any failure becomes :class:`InputError` naming the input,
+    the model's message and, where recognisable, the fix (see :func:`gradcam.layers.call_model`)."""
+    return call_model(model, x, forward_kwargs)
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -212,6 +210,25 @@ class MapContext:
         return spatial_axes(self.activations.dim() - 2)
 
 
+_PEER_KEYWORDS = {
+    "target_layers": "layer= (one layer: layer=model.layer4[-1] or layer='layer4'; for several layers fused, "
+    "gradcam.MultiLayerCAM(model, layers=[...]))",
+    "reshape_transform": "reshape= (a callable applied to the activations and gradients, or gradcam.reshape.TokenGrid; "
+    "token models get it automatically when layer=None)",
+    "use_cuda": "nothing: the explainer runs on the device of the model and of x",
+}
+
+
+def reject_peer_keywords(cls: str, unknown: Mapping[str, Any]) -> None:
+    """A :class:`LayerError` for pytorch-grad-cam's constructor keywords (the migration's most common slip),
+    a ``TypeError`` for any other unexpected keyword, as Python would raise."""
+    for key in unknown:
+        if key in _PEER_KEYWORDS:
+            raise LayerError(f"{cls}(model, {key}=...) is pytorch-grad-cam's spelling; here pass {_PEER_KEYWORDS[key]}")
+    if unknown:
+        raise TypeError(f"{cls}() got an unexpected keyword argument {next(iter(unknown))!r}")
+
+
 class LayerMethod(Explainer):
     """A class-activation-map method at one layer: ``L = ReLU(sum_k alpha_k A_k)``.
 
@@ -233,8 +250,10 @@ class LayerMethod(Explainer):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__(model, output=output, eval_mode=eval_mode)
+        reject_peer_keywords(type(self).__name__, unknown)
         if isinstance(model, torch.jit.ScriptModule):
             raise LayerError(
                 f"{type(self).__name__} needs the activations of a layer, and TorchScript modules do not run "
@@ -280,6 +299,8 @@ class LayerMethod(Explainer):
         name, layer = self._resolve(x, forward_kwargs)
         with torch.no_grad(), compile_friendly(), capture_layer(layer, name, record_graph=record_graph) as capture:
             output = run_model(self.model, x, forward_kwargs)
+        if capture.activations is not None and isinstance(self.reshape, str) and x.dim() != 4:
+            self.reshape = None  # token layouts are 2-D grids
         if capture.activations is not None and isinstance(self.reshape, str):  # "auto", on the first call
             from ..reshape import reshape_for_output
 
@@ -312,25 +333,41 @@ class LayerMethod(Explainer):
         """A function scoring N modified copies of image b for the same targets, without gradients."""
         return make_rescorer(self.model, x, target, resolved, forward_kwargs, self.output)
 
-    def _as_grid(self, captured: torch.Tensor, name: str, batch: int, rank: int = 2) -> torch.Tensor:
-        """The captured output as a (B, K, *S) grid with as many position axes as the input has (through
-        ``reshape`` when one is given)."""
+    def _as_grid(
+        self, captured: torch.Tensor, name: str, batch: int, x: torch.Tensor | None = None, forward_kwargs: Any = None
+    ) -> torch.Tensor:
+        """The captured output as a (B, K, *S) grid with as many position axes as the input ``x`` has (through
+        ``reshape`` when one is given); a grid of one position is a :class:`LayerError` naming the automatic
+        choice for ``x``."""
         grid = captured if self.reshape is None else self.reshape(captured)
+        via = "" if self.reshape is None else " after reshape"
+        rank = 2 if x is None else x.dim() - 2
         if grid.dim() != rank + 2 or grid.shape[0] != batch:
-            via = "" if self.reshape is None else " after reshape"
             raise LayerError(
                 f"layer '{name}' outputs shape {tuple(grid.shape)}{via}; a class activation map needs a "
                 f"{_GRIDS[rank]} feature map with B={batch} for a {_LAYOUTS[rank]} input (token layers need "
                 "reshape=...)"
             )
+        if math.prod(grid.shape[2:]) == 1:
+            suggestion = "layer=None for the automatic choice"
+            if x is not None:
+                with contextlib.suppress(GradCAMError):
+                    suggestion += f", here '{auto_layer(self.model, x, forward_kwargs).name}'"
+            raise LayerError(
+                f"layer '{name}' outputs a 1x1 map {tuple(grid.shape)}{via}: its spatial dims are pooled away, so a "
+                f"map there is one number per image (min-max normalising it shows rounding noise); pass {suggestion}, "
+                "or another layer before the pooling"
+            )
         return grid
 
     def _resolve(self, x: torch.Tensor, forward_kwargs: Mapping[str, Any] | None = None) -> tuple[str, nn.Module]:
-        kwargs = kwargs_for_image(forward_kwargs, 0, x.shape[0], 1)
         if self._layer is None:
-            name = choose_layer(probe_layers(self.model, x[:1], kwargs), self.model)
-            self._layer = resolve_layer(self.model, name)
-            logger.info("gradcam: layer chosen automatically: %s", name)
+            choice = auto_layer(self.model, x, forward_kwargs)
+            self._layer = resolve_layer(self.model, choice.name)
+            if self.reshape is None and choice.reshape is not None:
+                self.reshape = choice.reshape
+            logger.info("gradcam: layer chosen automatically (%s): %s, reshape %s", choice.rule, choice.name,
+                        choice.reshape)  # fmt: skip
         return self._layer
 
     def __call__(
@@ -348,7 +385,7 @@ class LayerMethod(Explainer):
             with torch.enable_grad():
                 resolved = resolve_target(target, output, x.shape[0], self.output)
             sign = -1.0 if counterfactual else 1.0
-            activations = self._as_grid(captured, name, x.shape[0], x.dim() - 2)
+            activations = self._as_grid(captured, name, x.shape[0], x, forward_kwargs)
             gradients = None
             if self.needs_gradients:
                 gradients = layer_gradients(sign * resolved.scores, captured, name)
@@ -371,6 +408,8 @@ class LayerMethod(Explainer):
                 heatmap = normalize(upsample(raw, tuple(x.shape[2:])), x.dim() - 2)
         if x.device.type != "cpu":
             require_finite(x)
+        if gradients is not None:  # after the work is queued: one sync on accelerators
+            warn_if_zero(gradients, name)
         multi = resolved.multi
         return Explanation(
             heatmap=finish(heatmap, multi),
@@ -415,6 +454,7 @@ def make_rescorer(
     ``for_image(b, n)``, the same target for n copies of image b.
     """
     batch = x.shape[0]
+    target = per_image_targets(target)
 
     def rescore(inputs: torch.Tensor, b: int, rows: int | None = None) -> torch.Tensor:
         n = inputs.shape[0] if rows is None else rows
@@ -431,6 +471,23 @@ def make_rescorer(
             return torch.softmax(scores.logits.float(), dim=1).gather(1, classes)
 
     return rescore
+
+
+def warn_if_zero(gradients: torch.Tensor, name: str) -> None:
+    """Log a WARNING when the target's gradient at the layer is identically zero for some image: its
+    map is then all zero because the target does not depend on that layer's values (e.g. a ViT's last
+    block output or final norm under a class-token classifier: only the class token reaches the head)."""
+    zero = gradients.flatten(2).abs().amax(-1) == 0  # (B, k)
+    if bool(zero.any()):
+        images = sorted({int(b) for b in zero.nonzero()[:, 0]})
+        logger.warning(
+            "gradcam: the target's gradient at layer '%s' is identically zero for image(s) %s, so the map is all "
+            "zero: the target does not depend on this layer's values (a class-token classifier reads only the "
+            "class token of the last block's output); choose an earlier layer, e.g. the last block's norm1, or "
+            "pass layer=None for the automatic choice",
+            name,
+            images[:8],
+        )
 
 
 def layer_gradients(scores: torch.Tensor, activations: torch.Tensor, name: str) -> torch.Tensor:

@@ -87,7 +87,7 @@ def all_class_maps(
     with model_guard(method.model, method.eval_mode), torch.inference_mode(False):
         x = usable_input(x)
         name, captured, output = method._forward(x, forward_kwargs, record_graph=False)
-        grid = method._as_grid(captured, name, x.shape[0], x.dim() - 2)
+        grid = method._as_grid(captured, name, x.shape[0], x, forward_kwargs)
         with no_autocast(x):
             selected = select_output(output, method.output).detach()
             features = head.features(grid.float(), selected, allow_relu=allow_relu)
@@ -132,8 +132,9 @@ class CAM(LayerMethod):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape=None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
+        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape, **unknown)
         self.head = GapLinearHead(model, fc)
 
     def channel_weights(self, context: MapContext) -> torch.Tensor:

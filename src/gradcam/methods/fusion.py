@@ -63,6 +63,10 @@ class MultiLayerCAM(Explainer):
         **method_options: Any,
     ) -> None:
         super().__init__(model, output=output, eval_mode=eval_mode)
+        if "target_layers" in method_options:
+            raise LayerError(
+                "MultiLayerCAM(model, target_layers=[...]) is pytorch-grad-cam's spelling; pass layers=[...]"
+            )
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}")
         self.method = self._method_class(method)

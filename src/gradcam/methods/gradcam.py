@@ -17,7 +17,9 @@ class GradCAM(LayerMethod):
     """Grad-CAM: ``alpha_k = 1/Z sum_ij dy/dA_k[i,j]``, ``L = ReLU(sum_k alpha_k A_k)``.
 
     With ``counterfactual=True`` the call explains ``-y`` (the paper's eq. 7): ``alpha -> -alpha``,
-    regions whose presence lowers the score.
+    regions whose presence lowers the score. Also on 1-D and 3-D inputs: (B, C, L) signals with
+    (B, K, l) activations and (B, C, T, H, W) clips with (B, K, t, u, v) activations; alpha is then
+    the mean over every activation axis and the map is upsampled linearly / trilinearly.
     """
 
     name = "gradcam"

@@ -53,8 +53,9 @@ class ScoreCAM(LayerMethod):
         output: OutputSelector = None,
         eval_mode: bool = True,
         reshape=None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape)
+        super().__init__(model, layer, output=output, eval_mode=eval_mode, reshape=reshape, **unknown)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}; got {score!r}")
         if weighting not in WEIGHTINGS:

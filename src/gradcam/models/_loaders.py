@@ -531,25 +531,11 @@ def _load_torchvision(
         f"torchvision:{name}",
         _torchvision_preprocess(weights_enum),
         categories,
-        _torchvision_layer(name, model) or _token_layer(model),
+        _torchvision_layer(name, model),  # transformers: None, the explainers' automatic choice
         device,
         labels,
         num_outputs=_linear_outputs(model),
     )
-
-
-def _token_layer(model: nn.Module) -> str | None:
-    """For vision transformers (a patch-embedding convolution and transformer blocks): the first
-    LayerNorm of the last block (see :func:`gradcam.reshape.token_layer`); None for other models."""
-    from gradcam.errors import LayerError
-    from gradcam.reshape import patch_size, token_layer
-
-    if patch_size(model) is None:
-        return None
-    try:
-        return token_layer(model)
-    except LayerError:
-        return None
 
 
 # ------------------------------------------------------------------ torchvision detection, segmentation
@@ -964,7 +950,7 @@ def _load_hf(spec: str, folder: Path, weights: str | Path | None, device: str | 
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     adapter = KeywordImageInput(model, method="get_image_features")
     return _finish(
-        adapter, spec, _hf_image_preprocess(folder, size), None, _token_layer(adapter), device, None,
+        adapter, spec, _hf_image_preprocess(folder, size), None, None, device, None,  # layer: the automatic choice
         task="embedding", text_encoder=encode,
     )  # fmt: skip
 
