@@ -33,22 +33,13 @@ from pathlib import Path
 import torch
 from folder_throughput import make_folder
 
+from gradcam.batch.explainers import _Explainers
+from gradcam.batch.inputs import ImageFiles, decoded_batches
+from gradcam.batch.loop import default_pipeline, explain_files
+from gradcam.batch.outputs import _commit, _saliency_2d, _shares, _writer_count, _writer_pool, maps_to_originals
+from gradcam.batch.settings import ExplainSettings
 from gradcam.imaging.geometry import normalize_pixels
-from gradcam.imaging.io import can_sync_filesystem, save_npy_atomic
-from gradcam.jobs.explain import (
-    ExplainSettings,
-    ImageFiles,
-    _commit,
-    _Explainers,
-    _saliency_2d,
-    _shares,
-    _writer_count,
-    _writer_pool,
-    decoded_batches,
-    default_pipeline,
-    explain_files,
-    maps_to_originals,
-)
+from gradcam.imaging.io import save_npy_atomic
 from gradcam.models import load_model
 from gradcam.runtime import keep_freed_memory
 
@@ -70,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
-    parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
+    parser.add_argument("--writers", type=int, default=None, help="writer threads (default: the CLI's choice)")
     args = parser.parse_args()
     keep_freed_memory()  # as the gradcam CLI does
     device = torch.device(args.device)
@@ -94,7 +85,6 @@ def main() -> None:
         ThreadPoolExecutor(max_workers=1) as commits,
     ):
         root = Path(tmp)
-        synced_folder = root if can_sync_filesystem() else None
         (root / "in").mkdir()
         paths = make_folder(root / "in", args.images)
         files = ImageFiles(paths, loaded.preprocess, keep_original=False)
@@ -123,13 +113,12 @@ def main() -> None:
                 results, _, _ = explainers.run(x, settings)
                 if level < 3:
                     continue
-                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries, writers > 0)
+                maps = maps_to_originals(results["gradcam"].heatmap.unsqueeze(1), batch_geometries)
                 if level < 4:
                     continue
-                durable = synced_folder is None
-                items = [(root / f"item-{next(serial)}", m if level >= 5 else None, durable) for m in maps]
+                items = [(root / f"item-{next(serial)}", m if level >= 5 else None) for m in maps]
                 tasks = [writer.submit(write_items, share) for share in _shares(items, _writer_count(writers))]
-                pending.append(commits.submit(_commit, [item[0] for item in items], tasks, synced_folder))
+                pending.append(commits.submit(_commit, [item[0] for item in items], tasks))
             sync()
             for commit in pending:
                 commit.result()
@@ -154,16 +143,15 @@ def main() -> None:
         print(f"| {row} | {median:.2f} | {added} | {medians[0] / median:.2f} |")
 
 
-def write_items(items: list[tuple[Path, torch.Tensor | None, bool]]) -> list[dict]:
+def write_items(items: list[tuple[Path, torch.Tensor | None]]) -> list[dict]:
     """A writer task: a share of one batch's items, as the job hands them out."""
     return [write(*item) for item in items]
 
 
-def write(folder: Path, heatmap: torch.Tensor | None, durable: bool) -> dict:
-    """What the job's writer does for one heatmap item (module level: writer processes pickle it); the
-    record that the commit writes as item.json."""
+def write(folder: Path, heatmap: torch.Tensor | None) -> dict:
+    """What the job's writer does for one heatmap item; the record that the commit writes as item.json."""
     if heatmap is not None:
-        save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy(), durable)
+        save_npy_atomic(folder / "gradcam.npy", _saliency_2d(heatmap[0]).numpy())
     else:
         folder.mkdir(parents=True, exist_ok=True)
     return {"input": folder.name, "outputs": []}

@@ -16,9 +16,7 @@ overlays and panels (``all:jpg``), or only the files named (``heatmap``: the .np
 each ``;``-separated choice of ``--outputs`` is a row. A row with ``+pil`` decodes every JPEG with PIL
 instead of TorchCodec (the ``decode`` extra), to compare the two decoders in one run; one with
 ``+beside`` lets a CPU job's writers run beside the model instead of between model steps (as the job
-did before 2026-12-02), to compare the two in one run; one with ``+buffered`` writes every file through
-the page cache (large files go past it, with O_DIRECT, since the fourth 2026-12-02 session); one with
-``+reduced`` decodes JPEGs at a DCT scale (``--reduced-decode``; not with drawn outputs).
+did before 2026-12-02), to compare the two in one run.
 
 Each row also gives its CPU time per image (this process's threads and its ended worker processes,
 user and system) and how many cores were busy on average; "forward's CPU / row's CPU" is the ratio a
@@ -49,9 +47,9 @@ import torchvision
 from PIL import Image, ImageOps
 
 from gradcam.assets import sample_names, sample_path
+from gradcam.batch import loop as jobs
 from gradcam.imaging import io as image_io
 from gradcam.jobs import ExplainSettings, explain_files
-from gradcam.jobs import explain as jobs
 from gradcam.jobs.explain import OUTPUT_KINDS, default_pipeline
 from gradcam.models import LoadedModel, load_model
 from gradcam.runtime import keep_freed_memory
@@ -96,15 +94,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CLI's choice)")
-    parser.add_argument("--writers", type=int, default=None, help="writer processes (default: the CLI's choice)")
+    parser.add_argument("--writers", type=int, default=None, help="writer threads (default: the CLI's choice)")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 or a torchvision name")
     parser.add_argument(
         "--outputs",
         default="all;all:jpg;heatmap",
         help="';'-separated rows: 'all' or a comma list of kinds, ':jpg' for JPEG overlays and panels, "
-        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU, '+buffered' for "
-        "writes through the page cache (no O_DIRECT), '+reduced' for --reduced-decode",
+        "'+pil' to decode with PIL, '+beside' for writers beside the model on a CPU",
     )
     parser.add_argument("--photo-size", default="640x480", help="the JPEGs' WIDTHxHEIGHT")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (forward, every row), interleaved")
@@ -242,19 +239,16 @@ def _phase_clock(enabled: bool) -> Iterator[dict[str, float]]:
 
 @contextlib.contextmanager
 def _writes(choice: str) -> Iterator[None]:
-    """The job's writes as they were before two changes, for A/B runs: with ``+beside`` a CPU job's
+    """The job's writes as they were before 2026-12-02, for A/B runs: with ``+beside`` a CPU job's
     writers run beside the model (the job no longer waits for a batch's writes before the next model
-    step); with ``+buffered`` large files go through the page cache (no O_DIRECT)."""
-    flags = _flags(choice)
-    own_wait, own_direct = jobs.wait, image_io.DIRECT_WRITE_BYTES
-    if "beside" in flags:
+    step)."""
+    own_wait = jobs.wait
+    if "beside" in _flags(choice):
         jobs.wait = lambda futures: None
-    if "buffered" in flags:
-        image_io.DIRECT_WRITE_BYTES = 1 << 62
     try:
         yield
     finally:
-        jobs.wait, image_io.DIRECT_WRITE_BYTES = own_wait, own_direct
+        jobs.wait = own_wait
 
 
 def _flags(choice: str) -> set[str]:
@@ -268,7 +262,6 @@ def _settings(method: str, choice: str) -> ExplainSettings:
         methods=(method,),
         outputs=outputs,
         picture_format=picture_format or "png",
-        reduced_decode="reduced" in _flags(choice),
     )
 
 

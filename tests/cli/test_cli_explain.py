@@ -251,8 +251,8 @@ def test_missing_path_is_an_error(tmp_path, capsys):
 
 
 def test_parallel_decoding_and_writing_give_the_same_outputs(tmp_path, capsys):
-    """Decoding processes (uint8 batches) and writer processes (raw maps as arrays, heatmaps as tensors,
-    overlays drawn there) write what the in-process threads write."""
+    """Decoding processes (uint8 batches) and two writer threads write what the in-process decoding
+    threads and one writer thread per torch thread write."""
     for name in ("coffee", "cameraman", "chelsea_cat"):
         shutil.copy(sample_path(name), tmp_path / f"{name}.jpg")
     base = ["explain", tmp_path, "--method", "gradcam", "--quiet", "--batch-size", "2", "--outputs",
@@ -283,13 +283,13 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
     committed before it are kept, and the rerun writes only the others."""
     import errno
 
-    from gradcam.jobs import explain as jobs
+    from gradcam.batch import outputs
 
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("coffee", "rocket", "chelsea_cat"):
         shutil.copy(sample_path(name), folder / f"{name}.jpg")
-    real_write = jobs._write_outputs
+    real_write = outputs._write_outputs
     calls = {"n": 0}
 
     def full_disk(item_dir, *args):
@@ -298,7 +298,7 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
             raise OSError(errno.ENOSPC, "No space left on device", str(item_dir / "gradcam.npy"))
         return real_write(item_dir, *args)
 
-    monkeypatch.setattr(jobs, "_write_outputs", full_disk)
+    monkeypatch.setattr(outputs, "_write_outputs", full_disk)
     out = tmp_path / "out"
     args = ["explain", folder, "--out", out, "--outputs", "heatmap", "--batch-size", "2", "--workers", "0"]
     code, _, err = run([*args, "--quiet"], capsys)
@@ -306,22 +306,7 @@ def test_a_failed_write_is_a_clear_error_and_the_rerun_finishes_the_job(tmp_path
     assert f"gradcam explain: error: cannot write the outputs under {out}: [Errno 28] No space left on device" in err
     assert "Traceback" not in err
     assert len(list(out.rglob("item.json"))) == 2  # the first batch was committed
-    monkeypatch.setattr(jobs, "_write_outputs", real_write)
+    monkeypatch.setattr(outputs, "_write_outputs", real_write)
     code, stdout, _ = run(args, capsys)
     assert code == 0
     assert "1 explained, 2 already done, 0 failed" in stdout
-
-
-def test_reduced_decode_writes_maps_and_refuses_drawn_outputs(tmp_path, capsys):
-    photo = tmp_path / "in" / "large.jpg"
-    photo.parent.mkdir()
-    Image.open(sample_path("chelsea_cat")).convert("RGB").resize((1600, 1200)).save(photo, quality=90)
-    code, _, err = run(["explain", photo, "--out", tmp_path / "drawn", "--reduced-decode", *FAST], capsys)
-    assert code == 2 and "--reduced-decode cannot be combined with overlay or panel outputs" in err
-    assert not (tmp_path / "drawn").exists()
-    args = ["explain", photo, "--out", tmp_path / "out", "--reduced-decode", "--outputs", "heatmap,raw",
-            "--method", "gradcam", *FAST]  # fmt: skip
-    code, _, _ = run(args, capsys)
-    item = json.loads((tmp_path / "out" / "manifest.json").read_text())["items"][0]
-    assert code == 0 and item["settings"]["reduced_decode"] is True
-    assert np.load(item["outputs"][0]["heatmap"]).shape == (1200, 1600)

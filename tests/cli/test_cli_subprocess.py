@@ -1,7 +1,8 @@
 """The installed command as a user runs it: a separate process with torch's default thread pool.
 
 Regression: writer processes forked from a parent that had used a multi-threaded OpenMP pool hung on
-their first torch op; the in-process tests run single-threaded and could not see it.
+their first torch op (the writers are threads now); the in-process tests run single-threaded and could
+not see such a hang.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from gradcam.assets import sample_path
 
 
-def test_explain_in_a_fresh_process_with_threads_and_writer_processes(tmp_path):
+def test_explain_in_a_fresh_process_with_threads_and_writer_threads(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     command = [sys.executable, "-m", "gradcam", "explain", str(sample_path("coffee")), str(sample_path("cameraman")),
                "--out", str(tmp_path), "--writers", "2", "--workers", "0", "--quiet"]  # fmt: skip

@@ -15,7 +15,6 @@ from gradcam.imaging import io as image_io
 from gradcam.imaging.geometry import image_pixels
 from gradcam.imaging.io import (
     ImageReadError,
-    encode_png,
     find_images,
     load_image,
     read_pixels,
@@ -378,29 +377,6 @@ def test_failing_writer_keeps_old_file_and_removes_temp(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 1), (2, 1), (7, 5, 3), (3, 9), (61, 83, 3)])
-def test_encode_png_round_trips_exact_pixels(shape: tuple[int, ...]) -> None:
-    """PIL (an independent decoder) reads back exactly the pixels written, 'Up' filter wrap-around included."""
-    import io
-
-    pixels = np.random.default_rng(len(shape) * 10 + shape[0]).integers(0, 256, shape, dtype=np.uint8)
-    pixels.reshape(shape[0], -1)[-1, :] = 0  # the Up filter's wrap-around: 0 - 255 mod 256
-    pixels.reshape(shape[0], -1)[0, :] = 255
-    data = encode_png(pixels)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    decoded = Image.open(io.BytesIO(data))
-    decoded.load()  # PIL checks every chunk's CRC
-    assert decoded.mode == ("RGB" if len(shape) == 3 else "L")
-    assert np.array_equal(np.asarray(decoded), pixels)
-
-
-def test_encode_png_refuses_other_arrays() -> None:
-    with pytest.raises(ValueError, match="uint8"):
-        encode_png(np.zeros((4, 4, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
-
-
 def test_save_png_atomic_keeps_other_modes_through_pil(tmp_path: Path) -> None:
     image = Image.new("RGBA", (3, 2), (10, 20, 30, 40))
     save_png_atomic(tmp_path / "a.png", image)
@@ -428,249 +404,21 @@ def test_durable_writes_fsync_and_others_do_not(tmp_path: Path, monkeypatch: pyt
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3.0))
 
 
-@pytest.mark.skipif(not image_io.can_sync_filesystem(), reason="syncfs(2) is Linux's")
-def test_sync_filesystem_flushes_the_folders_filesystem_and_reports_a_failed_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import ctypes
-    import errno
-
-    image_io.sync_filesystem(tmp_path)  # the real call succeeds
-    calls = []
-
-    def failing(descriptor: int) -> int:
-        calls.append(os.fstat(descriptor).st_ino)
-        ctypes.set_errno(errno.EIO)
-        return -1
-
-    monkeypatch.setattr(image_io, "_syncfs", lambda: failing)
-    with pytest.raises(OSError, match=f"cannot flush the files written under '{tmp_path}' to disk") as raised:
-        image_io.sync_filesystem(tmp_path)
-    assert raised.value.errno == errno.EIO
-    assert calls == [tmp_path.stat().st_ino]  # called once, on the folder itself
-
-
-def test_sync_filesystem_says_what_to_do_where_syncfs_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(image_io, "_syncfs", lambda: None)
-    assert not image_io.can_sync_filesystem()
-    with pytest.raises(NotImplementedError, match="write each file with durable=True"):
-        image_io.sync_filesystem(tmp_path)
-
-
-def _box_average(pixels: torch.Tensor, scale: int) -> torch.Tensor:
-    """(3, H, W) uint8 -> float (3, ceil(H/scale), ceil(W/scale)): the mean of each scale x scale block
-    (the partial last blocks averaged over the pixels they have), what a scaled IDCT approximates."""
-    channels, height, width = pixels.shape
-    padded_h, padded_w = -(-height // scale) * scale, -(-width // scale) * scale
-    values = torch.zeros(channels, padded_h, padded_w)
-    counts = torch.zeros(1, padded_h, padded_w)
-    values[:, :height, :width] = pixels.float()
-    counts[:, :height, :width] = 1
-    pool = torch.nn.functional.avg_pool2d
-    return pool(values[None], scale)[0] / pool(counts[None], scale)[0]
-
-
-@pytest.mark.parametrize(
-    ("orientation", "size", "scale", "shape"),
-    [
-        (1, (1030, 770), 8, (3, 97, 129)),  # ceil(770 / 8) x ceil(1030 / 8): the short blocks come last
-        (6, (1024, 768), 4, (3, 256, 192)),  # turned clockwise: the stored rows become columns
-        (6, (1030, 770), 2, (3, 515, 385)),  # 770 % 4 != 0 on the side the turn flips: only 1/2 is exact
-        (3, (1032, 776), 8, (3, 97, 129)),  # 180 degrees: both sides flipped, both divisible by 8
-    ],
-)
-def test_reduced_decoding_picks_the_largest_exact_scale_that_still_covers_the_need(
-    tmp_path: Path, orientation: int, size: tuple[int, int], scale: int, shape: tuple[int, int, int]
-) -> None:
-    """Asked for at least 120 x 90 upright pixels, the JPEG decodes at the largest DCT scale that covers
-    them and keeps the block mapping exact; each pixel is its block of the full decode (JPEG rounding aside)."""
-    path = tmp_path / "photo.jpg"
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION_TAG] = orientation
-    _photo_like(*size).save(path, quality=95, exif=exif.tobytes())
-    full = read_pixels(path)
-    upright = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
-    asked: list[tuple[int, int]] = []
-
-    def at_least(original: tuple[int, int]) -> tuple[int, int]:
-        asked.append(original)
-        return (120, 90)
-
-    pixels, original_size, chosen = image_io.read_reduced_pixels(path, at_least)
-    assert asked == [upright] and original_size == upright and chosen == scale
-    assert tuple(pixels.shape) == shape
-    difference = (pixels.float() - _box_average(full, scale)).abs()
-    assert difference.mean() < 3 and difference.max() < 80  # the sharp red block's edges ring a little
-
-
-def test_reduced_decoding_falls_back_to_the_full_decode(tmp_path: Path) -> None:
-    """A PNG, a JPEG that no scale can shrink enough, and one with an invalid orientation: scale 1,
-    read_pixels' pixels exactly. An orientation only XMP gives is known (PIL reads it) and applied."""
-    png, jpeg, invalid, xmp = (tmp_path / name for name in ("photo.png", "photo.jpg", "invalid.jpg", "xmp.jpg"))
-    _photo_like(400, 300).save(png)
-    _photo_like(400, 300).save(jpeg, quality=90)
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION_TAG] = 9
-    _photo_like(400, 300).save(invalid, quality=90, exif=exif.tobytes())
-    for path, need in ((png, (50, 40)), (jpeg, (201, 100)), (invalid, (50, 40))):
-        pixels, original_size, scale = image_io.read_reduced_pixels(path, lambda size, need=need: need)
-        assert scale == 1 and torch.equal(pixels, read_pixels(path))
-        assert original_size == (int(pixels.shape[2]), int(pixels.shape[1]))
-    assert image_io.read_reduced_pixels(jpeg, lambda size: (200, 150))[2] == 2  # exactly half still fits
-    _photo_like(400, 300).save(xmp, quality=90, xmp=XMP_ORIENTATION_6)
-    pixels, original_size, scale = image_io.read_reduced_pixels(xmp, lambda size: (50, 40))
-    assert original_size == (300, 400) and scale == 4 and tuple(pixels.shape) == (3, 100, 75)
-
-
-def test_reduced_decoding_names_a_bad_file(tmp_path: Path) -> None:
-    path = tmp_path / "broken.jpg"
-    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
-        image_io.read_reduced_pixels(path, lambda size: (10, 10))
-
-
-_DIRECT = getattr(os, "O_DIRECT", 0)
-
-
-def _np_save_bytes(array: np.ndarray) -> bytes:
+def test_pngs_and_npys_are_pils_and_numpys_own_files(tmp_path: Path) -> None:
+    """save_png_atomic is PIL's encoder (the same bytes as Image.save at that level, exact pixels) and
+    save_npy_atomic np.save's bytes."""
     import io
 
+    pixels = np.random.default_rng(0).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    expected = io.BytesIO()
+    image.save(expected, format="PNG", compress_level=1)
+    save_png_atomic(tmp_path / "a.png", image)
+    assert (tmp_path / "a.png").read_bytes() == expected.getvalue()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), pixels)
+    array = np.random.default_rng(1).random((300, 500)).astype(np.float32)  # 600 kB
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _skip_without_o_direct(folder: Path) -> None:
-    """Skip where ``folder``'s file system refuses O_DIRECT (the buffered fallback is tested on its own)."""
-    probe = folder / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | _DIRECT, 0o666))
-    except OSError:
-        pytest.skip(f"the file system of {folder} refuses O_DIRECT")
-    finally:
-        probe.unlink(missing_ok=True)
-
-
-def _direct_opens(monkeypatch: pytest.MonkeyPatch, fail_with: int | None = None) -> list[str]:
-    """Record the paths opened with O_DIRECT (refusing each with ``fail_with``, an errno, if given)."""
-    opened: list[str] = []
-    real_open = os.open
-
-    def spying_open(path, flags, *args, **kwargs):
-        if flags & _DIRECT:
-            opened.append(str(path))
-            if fail_with is not None:
-                raise OSError(fail_with, os.strerror(fail_with))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", spying_open)
-    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
-    return opened
-
-
-@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
-def test_large_files_are_written_past_the_page_cache_byte_for_byte(tmp_path: Path, monkeypatch) -> None:
-    _skip_without_o_direct(tmp_path)
-    opened = _direct_opens(monkeypatch)
-    rng = np.random.default_rng(0)
-    arrays = {
-        "heatmap.npy": rng.random((480, 640), dtype=np.float32),  # 1.2 MB: not a multiple of 4096 with its header
-        "fortran.npy": np.asfortranarray(rng.random((300, 301))),  # written C-ordered, as np.load gives it back
-        "strided.npy": rng.random((3, 480, 640)).astype(np.float16)[:, ::2],
-        "small.npy": rng.random((7, 7), dtype=np.float32),  # under DIRECT_WRITE_BYTES: buffered
-    }
-    for name, array in arrays.items():
-        path = save_npy_atomic(tmp_path / name, array, durable=False)
-        assert path.read_bytes() == _np_save_bytes(array)
-        np.testing.assert_array_equal(np.load(path), array)
-    data = rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()
-    write_bytes_atomic(tmp_path / "overlay.png", data)  # durable: fsynced after the direct write
-    assert (tmp_path / "overlay.png").read_bytes() == data
-    assert not image_io._DIRECT_REFUSED
-    written = sorted(Path(p).name.split(".")[1] for p in opened)  # temp files are .NAME.XXXX.tmp
-    assert written == ["fortran", "heatmap", "overlay", "strided"]
-    assert _leftovers(tmp_path) == []
-    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {oct(image_io._FILE_MODE)}
-
-
-@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
-def test_direct_writes_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    opened = _direct_opens(monkeypatch)
-    array = np.random.default_rng(4).random((480, 640), dtype=np.float32)
-    monkeypatch.setenv("GRADCAM_DIRECT_WRITES", "0")
-    save_npy_atomic(tmp_path / "off.npy", array, durable=False)
-    monkeypatch.setenv("GRADCAM_DIRECT_WRITES", "1")
-    save_npy_atomic(tmp_path / "on.npy", array, durable=False)
-    assert [Path(p).name.split(".")[1] for p in opened] == ["on"]
-    assert (tmp_path / "off.npy").read_bytes() == (tmp_path / "on.npy").read_bytes() == _np_save_bytes(array)
-
-
-@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
-def test_a_reused_larger_buffer_leaves_no_stale_bytes(tmp_path: Path, monkeypatch) -> None:
-    _direct_opens(monkeypatch)
-    big = np.full((1000, 1000), 7.0, dtype=np.float32)
-    small = np.arange(70_000, dtype=np.int32)
-    save_npy_atomic(tmp_path / "big.npy", big, durable=False)
-    kept = image_io._direct_buffers.buffer
-    save_npy_atomic(tmp_path / "small.npy", small, durable=False)  # the same thread's 4 MB buffer, reused
-    assert (tmp_path / "small.npy").read_bytes() == _np_save_bytes(small)
-    huge = np.random.default_rng(3).random((2300, 2000), dtype=np.float32)  # 18 MB: a buffer for this file only
-    save_npy_atomic(tmp_path / "huge.npy", huge, durable=False)
-    assert (tmp_path / "huge.npy").read_bytes() == _np_save_bytes(huge)
-    assert image_io._direct_buffers.buffer is kept and len(kept) >= big.nbytes  # still the 4 MB buffer
-
-
-@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
-def test_a_file_system_that_refuses_o_direct_gets_buffered_writes(tmp_path: Path, monkeypatch) -> None:
-    import errno
-
-    opened = _direct_opens(monkeypatch, fail_with=errno.EINVAL)
-    array = np.random.default_rng(1).random((480, 640), dtype=np.float32)
-    for name in ("a.npy", "b.npy"):
-        save_npy_atomic(tmp_path / name, array, durable=False)
-        assert (tmp_path / name).read_bytes() == _np_save_bytes(array)
-    assert len(opened) == 1  # refused once: that file system is not asked again
-    assert {tmp_path.stat().st_dev} == image_io._DIRECT_REFUSED
-    assert _leftovers(tmp_path) == []
-
-
-@pytest.mark.skipif(not _DIRECT, reason="O_DIRECT is Linux's")
-def test_a_direct_write_refused_midway_is_redone_buffered_and_other_errors_raise(tmp_path, monkeypatch) -> None:
-    import errno
-
-    _skip_without_o_direct(tmp_path)
-    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
-    real_write, real_open = os.write, os.open
-    direct_descriptors: set[int] = set()
-
-    def opening(path, flags, *args, **kwargs):
-        descriptor = real_open(path, flags, *args, **kwargs)
-        if flags & _DIRECT:
-            direct_descriptors.add(descriptor)
-        return descriptor
-
-    failure = {"errno": errno.EINVAL}
-
-    def writing(descriptor, data):
-        if descriptor in direct_descriptors:
-            direct_descriptors.discard(descriptor)  # one block goes through, then the write fails
-            real_write(descriptor, data[:4096])
-            raise OSError(failure["errno"], os.strerror(failure["errno"]))
-        return real_write(descriptor, data)
-
-    monkeypatch.setattr(os, "open", opening)
-    monkeypatch.setattr(os, "write", writing)
-    array = np.random.default_rng(2).random((480, 640), dtype=np.float32)
-    save_npy_atomic(tmp_path / "redone.npy", array, durable=False)
-    assert (tmp_path / "redone.npy").read_bytes() == _np_save_bytes(array)
-
-    monkeypatch.setattr(image_io, "_DIRECT_REFUSED", set())
-    failure["errno"] = errno.ENOSPC
-    save_npy_atomic(tmp_path / "kept.npy", array[:10], durable=False)  # small: buffered, succeeds
-    with pytest.raises(OSError) as raised:
-        save_npy_atomic(tmp_path / "full.npy", array, durable=False)
-    assert raised.value.errno == errno.ENOSPC  # a full disk is the job's error to report, not a fallback
-    assert not (tmp_path / "full.npy").exists()
-    assert _leftovers(tmp_path) == []
+    np.save(buffer, array, allow_pickle=False)
+    save_npy_atomic(tmp_path / "a.npy", array)
+    assert (tmp_path / "a.npy").read_bytes() == buffer.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "a.png"]

@@ -23,7 +23,7 @@ def test_normalising_on_the_device_gives_the_cpus_values():
     assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), normalize_pixels(pixels, config))
 
 
-def test_a_cuda_job_with_decoding_and_writer_processes_gives_the_cpu_jobs_maps(tmp_path: Path, monkeypatch):
+def test_a_cuda_job_with_decoding_processes_and_writer_threads_gives_the_cpu_jobs_maps(tmp_path: Path, monkeypatch):
     from gradcam.models import load_model
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU

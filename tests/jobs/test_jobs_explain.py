@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gradcam.batch import loop, outputs
 from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normalize_pixels, preprocess
 from gradcam.imaging.io import load_image
 from gradcam.jobs import explain as jobs
@@ -84,15 +85,12 @@ def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.Monk
     maps = torch.rand(len(sizes), 2, 32, 32)  # B images x k targets
     expected = [g.to_original(maps[i]) for i, g in enumerate(geometries)]
     for limit in (1 << 25, 2 * 64 * 48 * 2):  # one call per size, or chunks of two rows
-        monkeypatch.setattr(jobs, "_RESAMPLE_ELEMENTS", limit)
-        mapped = maps_to_originals(maps, geometries)
-        views = maps_to_originals(maps, geometries, own_storage=False)
-        assert len(mapped) == len(views) == len(sizes)
-        for ours, view, theirs, (width, height) in zip(mapped, views, expected, sizes):
-            assert ours.shape == (2, height, width)
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-            assert ours.untyped_storage().nbytes() == ours.numel() * 4  # its own storage, not a batch view
-            assert torch.equal(view, ours)
+        monkeypatch.setattr(outputs, "_RESAMPLE_ELEMENTS", limit)
+        views = maps_to_originals(maps, geometries)
+        assert len(views) == len(sizes)
+        for view, theirs, (width, height) in zip(views, expected, sizes):
+            assert view.shape == (2, height, width)
+            torch.testing.assert_close(view, theirs, rtol=0, atol=1e-6)
         shared = sum(v.untyped_storage().nbytes() > v.numel() * 4 for v in views)
         assert shared == (3 if limit > 1 << 20 else 2)  # 64 x 48 rows share a call: all three, or two per chunk
 
@@ -124,56 +122,42 @@ def test_an_empty_or_torn_done_marker_is_redone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("writers", [0, 2])
-@pytest.mark.parametrize("grouped", [True, False])
 def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool, writers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers: int
 ) -> None:
-    """Where the filesystem can be synced, outputs are written without fsync and each batch's are
-    flushed by one sync before its item.json files; elsewhere each output is fsynced."""
+    """Every output is fsynced (its temp file, whose inode the renamed output keeps) before the item.json
+    that lists it is written; item.json and the outputs' sizes it records are then checked by a rerun."""
     import os
 
     from gradcam.models import load_model
 
     paths = _folder(tmp_path)[:5]
     out = tmp_path / "out"
-    loaded = load_model()
     settings = jobs.ExplainSettings(methods=("gradcam", "counterfactual"), outputs=("heatmap", "raw", "overlay"))
-    synced: list[set[Path]] = []  # the output files that existed at each sync
-    marked: list[tuple[Path, int]] = []  # each item.json, and how many syncs had happened before it
-    real_write_json = jobs.write_json_atomic
+    fsynced: set[int] = set()  # inodes
+    marked: list[Path] = []
+    real_fsync, real_write_json = os.fsync, outputs.write_json_atomic
 
-    def sync(folder: Path) -> None:
-        assert folder == out
-        synced.append({p for p in out.rglob("*") if p.is_file() and p.name != "item.json"})
+    def fsync(fd: int) -> None:
+        fsynced.add(os.fstat(fd).st_ino)
+        real_fsync(fd)
 
     def write_json(path: Path, record: dict, durable: bool = True) -> Path:
         if path.name == "item.json":
-            marked.append((path, len(synced)))
-            assert not durable
+            files = [Path(o[kind]) for o in record["outputs"] for kind in ("heatmap", "raw", "overlay")]
+            assert len(files) == 6 and all(f.stat().st_ino in fsynced for f in files)
+            assert record["files"] == {f.name: f.stat().st_size for f in files}
+            assert not durable  # lost after a power cut: the rerun redoes the item
+            marked.append(path)
         return real_write_json(path, record, durable)
 
-    fsynced = []  # in this process: the writer processes' fsyncs are not seen, and are counted by files
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
-    monkeypatch.setattr(jobs, "can_sync_filesystem", lambda: grouped)
-    monkeypatch.setattr(jobs, "sync_filesystem", sync)
-    monkeypatch.setattr(jobs, "write_json_atomic", write_json)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(outputs, "write_json_atomic", write_json)
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
-    summary = jobs.explain_files(paths, loaded, settings, out, **run)
-
+    summary = jobs.explain_files(paths, load_model(), settings, out, **run)
     assert summary.done == 5 and len(marked) == 5
-    outputs = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
-    assert len(outputs) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
-    if grouped:
-        assert len(synced) == 3  # one sync per batch of two
-        for item_json, syncs_before in marked:
-            record = json.loads(item_json.read_text())
-            files = {Path(o[kind]) for o in record["outputs"] for kind in ("heatmap", "raw", "overlay")}
-            assert len(files) == 6 and files <= (synced[syncs_before - 1] if syncs_before else set())
-        assert len(fsynced) == 1  # manifest.json alone: no output is fsynced
-    else:
-        assert synced == []
-        assert len(fsynced) == 1 + (len(outputs) if writers == 0 else 0)  # every output, then the manifest
+    written = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
+    assert len(written) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
 
 
 def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
@@ -198,8 +182,8 @@ def _raw_job_seen_by(loaded, tmp_path: Path, hook) -> jobs.JobSummary:
 
 
 def _watched_pool(on_submit):
-    """A stand-in for ``jobs._writer_pool`` that calls ``on_submit(items)`` for each writer task."""
-    real_pool = jobs._writer_pool
+    """A stand-in for ``outputs._writer_pool`` that calls ``on_submit(items)`` for each writer task."""
+    real_pool = outputs._writer_pool
 
     class Pool:
         def __init__(self, writers):
@@ -225,7 +209,7 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
     written: list[int] = []
     handed: list[int] = []
     at_forwards: list[tuple[int, int]] = []  # (items handed to the writers, items written) at each forward
-    real_write_items = jobs._write_items
+    real_write_items = outputs._write_items
 
     def slow_write_items(items):
         time.sleep(0.05)
@@ -233,8 +217,8 @@ def test_on_the_cpu_a_batchs_writes_finish_before_the_next_model_step(tmp_path: 
         written.append(len(items))
         return records
 
-    monkeypatch.setattr(jobs, "_write_items", slow_write_items)
-    monkeypatch.setattr(jobs, "_writer_pool", _watched_pool(lambda items: handed.append(len(items))))
+    monkeypatch.setattr(outputs, "_write_items", slow_write_items)
+    monkeypatch.setattr(outputs, "_writer_pool", _watched_pool(lambda items: handed.append(len(items))))
     summary = _raw_job_seen_by(load_model(), tmp_path, lambda *_: at_forwards.append((sum(handed), sum(written))))
     assert summary.done == 5 and sum(written) == 5
     assert at_forwards == [(0, 0), (2, 2), (4, 4)]
@@ -260,57 +244,23 @@ def test_threaded_decoding_leaves_the_process_thread_settings_alone(tmp_path: Pa
         torch.set_num_threads(previous)
 
 
-def test_a_tiny_in_flight_budget_bounds_the_writers_backlog_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
-    """The writers' backlog is bounded by bytes as well as by count; waiting on it loses nothing."""
-    from gradcam.models import load_model
-
-    paths = _folder(tmp_path)[:5]
-    loaded = load_model()
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
-    run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-
-    def counted(budget: int, out: Path) -> tuple[jobs.JobSummary, int]:
-        """The job, and the most items handed to the writers and not yet taken back by the job."""
-        backlog = {"now": 0, "max": 0}
-
-        def handed(items) -> None:
-            backlog["now"] += len(items)
-            backlog["max"] = max(backlog["max"], backlog["now"])
-
-        def taken_back(line: str, is_error: bool) -> None:  # the job reports each item it takes back
-            backlog["now"] -= 1
-
-        monkeypatch.setattr(jobs, "IN_FLIGHT_BYTES", budget)
-        monkeypatch.setattr(jobs, "_writer_pool", _watched_pool(handed))
-        return jobs.explain_files(paths, loaded, settings, out, report=taken_back, **run), backlog["max"]
-
-    free, free_backlog = counted(1 << 30, tmp_path / "free")
-    tight, tight_backlog = counted(1, tmp_path / "tight")
-    assert free_backlog == 5  # two batches of two may wait, plus the third batch's one
-    assert tight_backlog == 3  # at most one item left waiting when the next batch's two arrive
-    assert free.done == tight.done == 5
-    assert [i["input"] for i in tight.items] == [i["input"] for i in free.items]
-    for a, b in zip(sorted((tmp_path / "free").rglob("*.npy")), sorted((tmp_path / "tight").rglob("*.npy"))):
-        np.testing.assert_array_equal(np.load(a), np.load(b))
-
-
 def test_a_batch_is_shared_among_the_writers_in_order() -> None:
-    assert jobs._shares(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert jobs._shares(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
-    assert jobs._shares([7], 4) == [[7]]
-    assert jobs._shares(list(range(3)), 0) == [[0, 1, 2]]
-    assert jobs._shares([], 2) == []
+    assert outputs._shares(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert outputs._shares(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+    assert outputs._shares([7], 4) == [[7]]
+    assert outputs._shares(list(range(3)), 0) == [[0, 1, 2]]
+    assert outputs._shares([], 2) == []
 
 
 def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
     assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
-    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 16)
     assert jobs.default_pipeline(torch.device("cuda"), 1000) == (13, 2)  # the main process and 2 writers keep 3
     assert jobs.default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
-    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 128)
     assert jobs.default_pipeline(torch.device("cuda"), 1000) == (16, 2)
     for cores in (None, 1, 2, 4):
-        monkeypatch.setattr(jobs.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(loop.os, "cpu_count", lambda cores=cores: cores)
         assert jobs.default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
 
 
@@ -319,14 +269,12 @@ def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(
     tmp_path: Path, writers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``raw`` writes Explanation.raw (7 x 7 Grad-CAM before upsampling, unnormalised); with the geometry
-    in item.json, heatmap_from_raw gives the heatmap .npy the job writes (writer threads or processes,
-    each heatmap past the page cache: the forked writers inherit the lowered threshold)."""
-    from gradcam.imaging import io as image_io
+    in item.json, heatmap_from_raw gives the heatmap .npy the job writes (one writer thread per torch
+    thread, or two)."""
     from gradcam.imaging.geometry import Geometry, preprocess
     from gradcam.methods import create_explainer
     from gradcam.models import load_model
 
-    monkeypatch.setattr(image_io, "DIRECT_WRITE_BYTES", 1024)  # these heatmaps are 10-12 kB
     paths = _folder(tmp_path)[:3]  # three sizes: landscape, portrait, landscape
     loaded = load_model()
     methods = ("gradcam", "counterfactual", "guided-backprop")
@@ -361,8 +309,8 @@ def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: 
 
     paths = _folder(tmp_path)[:2]
     calls = []
-    real = jobs.maps_to_originals
-    monkeypatch.setattr(jobs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
+    real = outputs.maps_to_originals
+    monkeypatch.setattr(outputs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
     settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
     summary = jobs.explain_files(paths, load_model(), settings, tmp_path / "out", **run)
@@ -382,51 +330,3 @@ def test_default_outputs_and_their_resume_key_are_unchanged_by_raw() -> None:
     assert with_raw["outputs"] == ["overlay", "heatmap", "panel", "raw"]
     with pytest.raises(ValueError, match="outputs must be a non-empty subset of overlay, heatmap, panel, raw"):
         jobs.ExplainSettings(outputs=("raws",))
-
-
-def test_reduced_decoding_explains_large_photos_as_a_full_decode_does(tmp_path: Path, monkeypatch) -> None:
-    """A 2048 x 1536 JPEG decoded at 1/4 for Lite0's 341 x 256 resize: the same geometry and top
-    classes, the model input within a few levels of the full decode's, and maps that agree."""
-    from gradcam.assets import sample_names, sample_path
-    from gradcam.models import load_model
-
-    scales: list[int] = []
-    real_read = jobs.read_reduced_pixels
-
-    def read(path, at_least):
-        pixels, size, scale = real_read(path, at_least)
-        scales.append(scale)
-        return pixels, size, scale
-
-    monkeypatch.setattr(jobs, "read_reduced_pixels", read)
-    loaded = load_model()
-    photo = tmp_path / "in" / "large.jpg"
-    photo.parent.mkdir()
-    Image.open(sample_path(sample_names()[1])).convert("RGB").resize((2048, 1536)).save(photo, quality=90)
-    full_item = ImageFiles([photo], loaded.preprocess, keep_original=False)[0]
-    reduced_item = ImageFiles([photo], loaded.preprocess, keep_original=False, reduced_decode=True)[0]
-    assert scales == [4] and reduced_item["geometry"] == full_item["geometry"]
-    difference = (reduced_item["tensor"].float() - full_item["tensor"].float()).abs()
-    assert 0 < difference.mean() < 1.0 and difference.max() < 20  # measured: 0.46 and 5 levels
-
-    def job(reduced: bool) -> dict:
-        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap", "raw"), reduced_decode=reduced)
-        run = {"batch_size": 1, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-        summary = jobs.explain_files([photo], loaded, settings, tmp_path / f"out-{reduced}", **run)
-        return summary.items[0]
-
-    full, reduced = job(False), job(True)
-    assert scales == [4, 4]  # the job decoded at 1/4 too
-    assert reduced["geometry"] == full["geometry"] and reduced["size"] == [2048, 1536]
-    assert [p["index"] for p in reduced["predictions"][:3]] == [p["index"] for p in full["predictions"][:3]]
-    assert reduced["settings"]["reduced_decode"] is True and "reduced_decode" not in full["settings"]
-    heatmaps = [np.load(item["outputs"][0]["heatmap"]) for item in (full, reduced)]
-    assert heatmaps[0].shape == heatmaps[1].shape == (1536, 2048)
-    assert np.abs(heatmaps[0] - heatmaps[1]).max() < 0.05  # measured: 0.016
-
-
-def test_reduced_decoding_refuses_outputs_drawn_on_the_full_image() -> None:
-    with pytest.raises(ValueError, match="overlay or panel"):
-        jobs.ExplainSettings(outputs=("overlay", "raw"), reduced_decode=True)
-    with pytest.raises(ValueError, match="keep_original=False"):
-        ImageFiles([], CONFIG, keep_original=True, reduced_decode=True)

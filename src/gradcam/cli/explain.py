@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from ..assets import sample_names, sample_path
 from ..imaging.draw import available_colormaps
@@ -21,7 +23,6 @@ from ..jobs.explain import (
     CLASS_TASKS,
     DEFAULT_OUTPUTS,
     DEFAULT_TASK,
-    DRAWN_OUTPUTS,
     JPEG_QUALITY,
     OUTPUT_KINDS,
     PICTURE_FORMATS,
@@ -96,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--writers",
         type=int,
         default=None,
-        help="processes drawing and writing outputs (default 2 on a GPU; 0 = threads, the CPU default)",
+        help="threads drawing and writing outputs (default 2 on a GPU; 0 = one per torch thread, the CPU default)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=available_colormaps())
@@ -111,15 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--picture-format",
         default="png",
         choices=PICTURE_FORMATS,
-        help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: ~8x smaller, "
-        "~10x faster to write)",
-    )
-    parser.add_argument(
-        "--reduced-decode",
-        action="store_true",
-        help="decode JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) when the model input "
-        "needs no more: ~4x faster on 12-megapixel photos, inputs a few levels off a full decode; "
-        "only with --outputs heatmap,raw (nothing is drawn)",
+        help=f"overlays and panels as PNG (lossless, default) or JPEG (quality {JPEG_QUALITY}: smaller, "
+        "faster to write)",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already done")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
@@ -140,15 +134,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = tuple(dict.fromkeys(kind.strip() for kind in args.outputs.split(",") if kind.strip()))
     if not valid_outputs(outputs):
         raise CLIError(f"--outputs takes a comma-separated subset of {','.join(OUTPUT_KINDS)}; got {args.outputs!r}")
-    if args.reduced_decode and DRAWN_OUTPUTS & set(outputs):
-        raise CLIError(
-            f"--reduced-decode cannot be combined with overlay or panel outputs (they are drawn on the full-size "
-            f"image); got --outputs {','.join(outputs)}: choose from heatmap,raw"
-        )
     if not args.paths and not args.samples:
         raise CLIError("give image files, folders or globs (or --samples for the bundled photos)")
     try:
-        paths = find_images(args.paths) if args.paths else []
+        paths = find_images(args.paths, exclude=args.out) if args.paths else []
         if args.paths and not paths:
             extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise CLIError(f"no image files in {', '.join(args.paths)} (looked for {extensions})")
@@ -171,7 +160,6 @@ def run(args: argparse.Namespace) -> int:
         task=task,
         outputs=outputs,
         picture_format=args.picture_format,
-        reduced_decode=args.reduced_decode,
     )
     default_workers, default_writers = default_pipeline(device, len(paths))
     workers = default_workers if args.workers is None else args.workers
@@ -180,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
     def report(line: str, is_error: bool) -> None:
         if is_error:
-            _write(line, sys.stderr)
+            _print(line, sys.stderr)
         elif not args.quiet:
-            _write(line, sys.stdout)
+            _print(line)
 
     from ..errors import GradCAMError
 
@@ -208,14 +196,14 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if distributed_rank()[0] != 0:  # under torchrun, rank 0 reports for everyone
         return 1 if summary.failed else 0
-    print(
+    _print(
         f"{summary.done} explained, {summary.skipped} already done, {summary.failed} failed "
         f"in {summary.seconds:.1f} s; model {loaded.name}, layer {summary.layer}"
     )
     if summary.items:
         first = summary.items[0]["outputs"][0]
         example = next((first[kind] for kind in OUTPUT_KINDS if first.get(kind)), None)
-        print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
+        _print(f"{', '.join(settings.outputs)} files in {out}/ (e.g. {example}); index: {out / 'manifest.json'}")
     if args.html:  # before the exit code of failed items: the page lists them
         from .report import write_html
 
@@ -307,3 +295,20 @@ def _write(line: str, stream) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=stream)
+
+
+def _print(line: str, stream: TextIO | None = None) -> None:
+    """Print a line on ``stream`` (stdout by default); once it is a closed pipe (``gradcam explain DIR |
+    head -2``), print nothing more there: the job goes on, its outputs are written and its exit code is
+    unchanged."""
+    stream = sys.stdout if stream is None else stream
+    if stream is None:
+        return
+    try:
+        _write(line, stream)
+        stream.flush()
+    except BrokenPipeError:
+        # Python flushes the stream again at exit: point it at /dev/null, as the signal module's docs advise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)

@@ -181,6 +181,12 @@ class Geometry:
         crop = _resize_bilinear(flat, crop_h, crop_w)
 
         (w1, h1), (w0, h0) = self.resized_size, self.original_size
+        if w1 * h1 > FULL_FRAME_PIXELS:  # e.g. a 1 x 40000 strip: sample the crop, never build the frame
+            left, top, _, _ = self.crop_box
+            xs = ((torch.arange(w0, dtype=torch.float64) + 0.5) * (w1 / w0) - 0.5).clamp(min=0) - left
+            ys = ((torch.arange(h0, dtype=torch.float64) + 0.5) * (h1 / h0) - 0.5).clamp(min=0) - top
+            original = _sample(crop, xs, ys, "bilinear", "zeros")
+            return original.reshape(*leading, h0, w0)
         left, top, right, bottom = self.crop_box
         canvas = flat.new_zeros(flat.shape[0], 1, h1, w1)
         # Intersection of the crop with the resized frame (the crop may overhang when it was padded).
@@ -212,6 +218,47 @@ class Geometry:
             crop_box=(int(c[0]), int(c[1]), int(c[2]), int(c[3])),
             input_size=(int(i[0]), int(i[1])),
         )
+
+
+#: A resized frame of more pixels than this (an image far longer than wide whose short side is enlarged)
+#: is never built: :func:`resized_crop` samples the crop's pixels from the original and
+#: :meth:`Geometry.to_original` the original's pixels from the crop, so the work is bounded by the
+#: sizes of the crop and the original (a 1 x 40000 strip would otherwise resize to 256 x 10240000).
+FULL_FRAME_PIXELS = 1 << 24
+
+
+def _sample(
+    images: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, mode: str, padding: str
+) -> torch.Tensor:
+    """``images`` (N, C, h, w) sampled at the pixel-centre coordinates ``xs`` (columns) x ``ys`` (rows),
+    float64 positions in the images' pixel frame (pixel ``i``'s centre at ``i``): (N, C, len(ys),
+    len(xs)) float32 (``grid_sample``, align_corners=False; ``padding`` outside the images). Only the
+    window of rows and columns the positions reach is read."""
+    x0 = int(max(0, min(images.shape[-1] - 1, float(xs.min()) - 2)))
+    x1 = int(max(x0 + 1, min(images.shape[-1], float(xs.max()) + 3)))
+    y0 = int(max(0, min(images.shape[-2] - 1, float(ys.min()) - 2)))
+    y1 = int(max(y0 + 1, min(images.shape[-2], float(ys.max()) + 3)))
+    window = images[..., y0:y1, x0:x1].float()
+    gx = (2 * (xs - x0) + 1) / (x1 - x0) - 1
+    gy = (2 * (ys - y0) + 1) / (y1 - y0) - 1
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1).to(window)
+    grid = grid.expand(images.shape[0], *grid.shape)
+    return F.grid_sample(window, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+
+def _sampled_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str) -> torch.Tensor:
+    """:func:`resized_crop` without the resized frame: each crop pixel sampled from the original at its
+    centre's position (:data:`FULL_FRAME_PIXELS`); uint8 (3, h, w), zero where the crop overhangs."""
+    (w0, h0), (w1, h1) = geometry.original_size, geometry.resized_size
+    left, top, right, bottom = geometry.crop_box
+    xs = (torch.arange(left, right, dtype=torch.float64) + 0.5) * (w0 / w1) - 0.5
+    ys = (torch.arange(top, bottom, dtype=torch.float64) + 0.5) * (h0 / h1) - 0.5
+    mode = "bicubic" if interpolation == "bicubic" else "bilinear" if interpolation == "bilinear" else "nearest"
+    sampled = _sample(pixels[None], xs, ys, mode, "border")[0]
+    inside_x = (torch.arange(left, right) >= 0) & (torch.arange(left, right) < w1)
+    inside_y = (torch.arange(top, bottom) >= 0) & (torch.arange(top, bottom) < h1)
+    sampled = sampled * (inside_y[:, None] & inside_x[None, :])
+    return sampled.round().clamp(0, 255).to(torch.uint8)
 
 
 def _resize_bilinear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -264,31 +311,28 @@ def compute_geometry(original_size: tuple[int, int], config: PreprocessConfig) -
     )
 
 
-def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str, scale: int = 1) -> torch.Tensor:
+def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str) -> torch.Tensor:
     """uint8 (3, H0, W0) ``pixels`` resized to ``geometry.resized_size`` and cropped to
-    ``geometry.crop_box``: uint8 (3, h, w). ``scale`` > 1: the pixels are the image decoded at
-    1/``scale`` (:func:`gradcam.imaging.io.read_reduced_pixels`; pixel ``i`` covers the original's
-    ``[scale * i, scale * (i + 1))``), resampled with the scale factor of that mapping, not of their count.
+    ``geometry.crop_box``: uint8 (3, h, w).
 
     Bilinear and bicubic use torch's antialiased uint8 kernels, the filters of PIL's resize (bicubic
     with a = -0.5, support scaled by the downscale factor) that torchvision's ``Resize`` uses on a PIL
     image: a value may differ from PIL's by one 8-bit level (about 1 % of values do), at ~2.6 x its
     speed. Nearest goes through PIL itself (exact). An overhanging crop is zero padding, as torchvision's.
+    A resized frame of more than :data:`FULL_FRAME_PIXELS` is not built: the crop's pixels are sampled
+    from the original (``grid_sample``: bilinear within one level of the resize, bicubic with its
+    a = -0.75), so the work is bounded by the crop's size.
     """
     left, top, right, bottom = geometry.crop_box
     width, height = geometry.resized_size
-    if scale > 1 and interpolation not in _ANTIALIASED:
-        raise ValueError(f"reduced pixels are resampled bilinear or bicubic; got {interpolation!r}")
+    if width * height > FULL_FRAME_PIXELS:
+        return _sampled_crop(pixels, geometry, interpolation)
     if interpolation == "nearest":
         image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         cropped = image.resize(geometry.resized_size, Image.Resampling.NEAREST).crop(geometry.crop_box)
         return torch.from_numpy(np.array(cropped, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     resized = pixels.unsqueeze(0)
-    if scale > 1:
-        original_w, original_h = geometry.original_size
-        factors = (height * scale / original_h, width * scale / original_w)  # output pixels per input pixel
-        resized = _ANTIALIASED[interpolation](resized, [height, width], False, *factors)
-    elif (width, height) != geometry.original_size:
+    if (width, height) != geometry.original_size:
         resized = F.interpolate(resized, size=(height, width), mode=interpolation, antialias=True)
     inside = resized[0, :, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
     if left >= 0 and top >= 0 and right <= width and bottom <= height:
@@ -297,13 +341,6 @@ def resized_crop(pixels: torch.Tensor, geometry: Geometry, interpolation: str, s
     canvas = inside.new_zeros(3, crop_h, crop_w)
     canvas[:, max(top, 0) - top : min(bottom, height) - top, max(left, 0) - left : min(right, width) - left] = inside
     return canvas
-
-
-# F.interpolate's antialiased kernels, called with an output size and a scale factor both given
-_ANTIALIASED = {
-    "bilinear": torch.ops.aten._upsample_bilinear2d_aa,
-    "bicubic": torch.ops.aten._upsample_bicubic2d_aa,
-}
 
 
 def image_pixels(image: Image.Image | torch.Tensor) -> torch.Tensor:

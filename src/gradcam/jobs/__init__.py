@@ -1,4 +1,4 @@
-"""Batch jobs over image files (the work behind the CLI's commands)."""
+"""Batch jobs over image files; kept for compatibility: the job lives in :mod:`gradcam.batch`."""
 
 from .explain import ExplainSettings, JobSummary, explain_files, heatmap_from_raw
 
