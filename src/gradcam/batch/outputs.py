@@ -23,18 +23,10 @@ from ..imaging.io import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from ..methods import METHODS
 from ..methods.base import normalize, upsample
 from .settings import JPEG_QUALITY, OUTPUT_KINDS, ExplainSettings
 from .targets import ItemTargets
-
-TITLES = {
-    "gradcam": "Grad-CAM",
-    "counterfactual": "Counterfactual",
-    "cam": "CAM",
-    "guided-backprop": "Guided Backprop",
-    "guided-gradcam": "Guided Grad-CAM",
-}
-
 
 PANEL_TILE_HEIGHT = 384
 
@@ -99,7 +91,7 @@ def _write_item(
                 if marks:
                     picture = _mark(picture, marks)
                 tiles.append(picture)
-                titles.append(f"{TITLES.get(name, name)}: {label}")
+                titles.append(f"{METHODS[name].title if name in METHODS else name}: {label}")
                 if "overlay" in kinds:
                     output["overlay"] = str(_save_picture(item_dir / stem, picture, settings.picture_format))
             if "heatmap" in kinds:

@@ -28,7 +28,6 @@ from ..batch.outputs import (
     BOX_COLOR,
     CONTOUR_COLOR,
     PANEL_TILE_HEIGHT,
-    TITLES,
     heatmap_from_raw,
     maps_to_originals,
 )
@@ -61,7 +60,6 @@ __all__ = [
     "OUTPUT_KINDS",
     "PANEL_TILE_HEIGHT",
     "PICTURE_FORMATS",
-    "TITLES",
     "ExplainSettings",
     "ImageFiles",
     "ItemTargets",
