@@ -19,7 +19,14 @@ How the tests use this:
   the longest accumulation and the magnitude of the summed terms;
 - derived statistics (ratios, AUCs, energies, correlations) are compared *relatively*
   (:func:`ratio_rtol`), never with an absolute bound tuned to one value's size;
-- a min-max normalised map's error is the raw map's error divided by its span (:func:`normalized_atol`).
+- a min-max normalised map's error is the raw map's error divided by its span (:func:`normalized_atol`);
+  a heatmap (the raw map upsampled bilinearly, each pixel a convex combination, then normalised) uses the
+  span of the upsampled raw map (:func:`heatmap_atol`);
+- a class-activation map ``ReLU(sum_k alpha_k A_k)`` sums terms of total size ``sum_k |alpha_k| |A_k|``
+  (:func:`cam_magnitude`), which can be far above ``|raw|`` when channels cancel;
+- values computed by the same code on the same inputs (a logit read twice, a negation) are compared
+  exactly; values from different kernels (a batch of 2 against a batch of 1, compiled against eager)
+  with a bound, since kernels may block a batch differently.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import torch
 __all__ = [
     "assert_close",
     "assert_sum_close",
+    "cam_magnitude",
     "gamma",
+    "heatmap_atol",
     "normalized_atol",
     "ratio_rtol",
     "relative",
@@ -81,6 +90,28 @@ def normalized_atol(raw_atol: float, span: float) -> float:
     if span <= 2 * raw_atol:
         raise ValueError(f"the map's span {span} is within its own error {raw_atol}: compare the raw maps instead")
     return 4 * raw_atol / (span - 2 * raw_atol)
+
+
+def heatmap_atol(raw: torch.Tensor, size: tuple[int, int], raw_atol: float) -> float:
+    """Error of a heatmap (``raw`` (..., u, v) upsampled bilinearly to ``size``, then min-max normalised per
+    map) when every raw entry is within ``raw_atol``: bilinear weights are convex, so the upsampled map is
+    within ``raw_atol`` plus a few roundings; the smallest span over the maps sets :func:`normalized_atol`."""
+    maps = raw.detach().double().reshape(-1, 1, *raw.shape[-2:])
+    up = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False).flatten(1)
+    spans = up.amax(1) - up.amin(1)
+    span = float(spans[spans > 0].min()) if bool((spans > 0).any()) else 0.0
+    return normalized_atol(raw_atol + 4 * unit_roundoff() * float(up.abs().max()), span)
+
+
+def cam_magnitude(weights: torch.Tensor, activations: torch.Tensor) -> float:
+    """``max sum_k |alpha_k| |A_k(u, v)|`` over maps and cells: the size of the terms a CAM sums.
+
+    ``weights`` (B, K) or (B, k, K), ``activations`` (B, K, u, v).
+    """
+    w = weights.detach().double().abs()
+    a = activations.detach().double().abs()
+    w = w[:, None] if w.dim() == 2 else w
+    return float(torch.einsum("bjk,bkuv->bjuv", w, a).max())
 
 
 def relative(rtol: float) -> dict[str, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from gradcam.language import CaptionTarget, explain_answer, explain_caption, sce
 from gradcam.language.models import SceneCaptioner, SceneVQA
 from gradcam.language.scenes import HELDOUT_SEED, make_scene
 from gradcam.language.targets import WordTarget
+from tolerances import assert_close, sum_atol
 
 
 def state(model: torch.nn.Module) -> tuple:
@@ -107,6 +110,38 @@ def _readout_row(model: SceneVQA, answer: int) -> torch.Tensor:
     return weight[answer] * model.feature_scale / 64
 
 
+def _cell_gradient_means(
+    model: SceneVQA, x: torch.Tensor, answers: torch.Tensor, question: torch.Tensor
+) -> torch.Tensor:
+    """An independent autograd reference: (mean over cells of d y_answer / dA, mean over cells of |d y / dA|)."""
+    store: list[torch.Tensor] = []
+    handle = model.encoder.register_forward_hook(lambda module, inputs, output: store.append(output))
+    try:
+        logits = model(x, question)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[torch.arange(len(answers)), answers].sum(), store[0])
+    return torch.stack([grad.mean((-2, -1)), grad.abs().mean((-2, -1))])
+
+
+def _readout_error_and_bound(
+    model: SceneVQA, x: torch.Tensor, answers: torch.Tensor, question: str
+) -> tuple[float, float]:
+    """Grad-CAM's alpha against the readout row, relative to its largest entry, and the float32 bound on it.
+
+    The model runs in float64 (its activations and gradients are exact to ~1e-16); Grad-CAM casts them to
+    float32 and averages 64 cells, so alpha is within sum_atol(64, mean |dy/dA|) of the exact value.
+    """
+    model = copy.deepcopy(model).double()
+    x = x.double()
+    kwargs = model.question_kwargs(question, batch=len(x))
+    alpha = GradCAM(model, "encoder")(x, answers, forward_kwargs=kwargs).weights
+    expected = torch.stack([_readout_row(model, int(a)) for a in answers]).detach()
+    _, magnitude = _cell_gradient_means(model, x, answers, kwargs["question"])
+    scale = float(expected.abs().max())
+    return float((alpha.double() - expected).abs().max()) / scale, sum_atol(64, float(magnitude.max())) / scale
+
+
 @pytest.mark.parametrize("keys, values, exact", [("linear", "positions", True), ("cells", "cells", False)])
 def test_readout_fusion_gradcam_weights_are_the_answer_readout(keys: str, values: str, exact: bool) -> None:
     """Softmax attention's gradients sum to 0 over the cells, so with keys linear in A (the same Jacobian
@@ -115,17 +150,18 @@ def test_readout_fusion_gradcam_weights_are_the_answer_readout(keys: str, values
     torch.manual_seed(0)
     model = SceneVQA(fusion="readout", keys=keys, values=values, feature_scale=1.0).eval()
     x = torch.cat([scene_tensor(4), scene_tensor(9)])
-    question = model.question_kwargs("what colour is left of the circle", batch=2)
-    e = GradCAM(model, "encoder")(x, torch.tensor([0, 7]), forward_kwargs=question)
-    expected = torch.stack([_readout_row(model, 0), _readout_row(model, 7)]).detach()
-    error = float((e.weights - expected).abs().max() / expected.abs().max())
-    assert (error < 1e-6) if exact else (error > 1e-5)
+    error, bound = _readout_error_and_bound(model, x, torch.tensor([0, 7]), "what colour is left of the circle")
+    # exact: only float32 rounding is left; broken: the error is far above any rounding (1.1e-4 vs 8e-6)
+    assert (error <= bound) if exact else (error > 10 * bound), (error, bound)
 
 
 def test_shipped_vqa_gradcam_weights_are_the_answer_readout(vqa: SceneVQA) -> None:
     scene = make_scene(HELDOUT_SEED, 21)
     e = explain_answer(vqa, scene_tensor(21), f"what shape is the {scene.objects[1].colour} object", guided=False)
-    cam = GradCAM(vqa, "encoder")
-    weights = cam(scene_tensor(21), e.answer_index, forward_kwargs=vqa.question_kwargs(e.question)).weights[0]
-    expected = _readout_row(vqa, e.answer_index).detach()
-    assert float((weights - expected).abs().max() / expected.abs().max()) < 1e-6
+    error, bound = _readout_error_and_bound(vqa, scene_tensor(21), torch.tensor([e.answer_index]), e.question)
+    assert error <= bound, (error, bound)
+    # and in float64 the identity itself holds to float64 rounding (the float32 bound above is Grad-CAM's cast)
+    model = copy.deepcopy(vqa).double()
+    question = model.question_kwargs(e.question)["question"]
+    mean, magnitude = _cell_gradient_means(model, scene_tensor(21).double(), torch.tensor([e.answer_index]), question)
+    assert_close(mean[0], _readout_row(model, e.answer_index).detach(), terms=64, magnitude=float(magnitude.max()))
