@@ -43,6 +43,7 @@ __all__ = [
     "cam_magnitude",
     "gamma",
     "heatmap_atol",
+    "layer_output",
     "normalized_atol",
     "ratio_rtol",
     "relative",
@@ -112,6 +113,19 @@ def cam_magnitude(weights: torch.Tensor, activations: torch.Tensor) -> float:
     a = activations.detach().double().abs()
     w = w[:, None] if w.dim() == 2 else w
     return float(torch.einsum("bjk,bkuv->bjuv", w, a).max())
+
+
+def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The output of ``model``'s submodule ``layer`` on ``x`` (cloned at the hook: later in-place ops do not
+    touch it), for :func:`cam_magnitude`."""
+    store: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x, **kwargs)
+    finally:
+        handle.remove()
+    return store[0]
 
 
 def relative(rtol: float) -> dict[str, float]:
