@@ -43,6 +43,7 @@ __all__ = [
     "cam_magnitude",
     "gamma",
     "heatmap_atol",
+    "iou_rtol",
     "layer_output",
     "normalized_atol",
     "ratio_rtol",
@@ -96,11 +97,14 @@ def normalized_atol(raw_atol: float, span: float) -> float:
 def heatmap_atol(raw: torch.Tensor, size: tuple[int, int], raw_atol: float) -> float:
     """Error of a heatmap (``raw`` (..., u, v) upsampled bilinearly to ``size``, then min-max normalised per
     map) when every raw entry is within ``raw_atol``: bilinear weights are convex, so the upsampled map is
-    within ``raw_atol`` plus a few roundings; the smallest span over the maps sets :func:`normalized_atol`."""
+    within ``raw_atol`` plus a few roundings; the smallest span over the maps sets :func:`normalized_atol`
+    (0 when every map is flat: an all-zero heatmap is exact)."""
     maps = raw.detach().double().reshape(-1, 1, *raw.shape[-2:])
     up = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False).flatten(1)
     spans = up.amax(1) - up.amin(1)
-    span = float(spans[spans > 0].min()) if bool((spans > 0).any()) else 0.0
+    if not bool((spans > 0).any()):
+        return 0.0  # every map is flat: its heatmap is all zero, exactly
+    span = float(spans[spans > 0].min())
     return normalized_atol(raw_atol + 4 * unit_roundoff() * float(up.abs().max()), span)
 
 
@@ -126,6 +130,19 @@ def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, **kwargs: 
     finally:
         handle.remove()
     return store[0]
+
+
+def iou_rtol(a: Any, b: Any, dtype: torch.dtype = torch.float32) -> float:
+    """Relative error of the IoU of boxes ``a`` and ``b`` (x0, y0, x1, y1) computed in ``dtype``: each side is a
+    difference of two coordinates rounded to ``dtype`` (within ``4 u max|coord|``), an area the product of two
+    sides, the union a sum of three areas each at most the union, then one quotient."""
+    coords = [float(v) for v in (*a, *b)]
+    shortest = min(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    if shortest <= 0:
+        raise ValueError(f"boxes {a} and {b} need positive sides for a relative IoU bound")
+    side = 4 * unit_roundoff(dtype) * max(abs(c) for c in coords) / float(shortest)
+    area = ratio_rtol(side, side)
+    return ratio_rtol(area, 3 * area, unit_roundoff(dtype))
 
 
 def relative(rtol: float) -> dict[str, float]:

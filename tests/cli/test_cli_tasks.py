@@ -24,7 +24,7 @@ from gradcam.imaging.io import load_image
 from gradcam.jobs.explain import BOX_COLOR, CONTOUR_COLOR, prepare_image
 from gradcam.models import load_model
 from gradcam.tasks import DetectionScore, EmbeddingSimilarity, SegmentationScore
-from tolerances import ratio_rtol, unit_roundoff
+from tolerances import iou_rtol, unit_roundoff
 
 FAST = ["--quiet", "--workers", "0", "--writers", "0", "--method", "gradcam"]
 DETECTOR = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -263,17 +263,14 @@ def test_detection_box_picks_the_best_overlap_and_draws_it(tmp_path, capsys, det
     (item,) = data["items"]
     (output,) = item["outputs"]
     assert output["target"] == best and output["label"] == "person"
-    # the CLI's IoU is float32 arithmetic on coordinates up to 160: each side is within 4 u 160 of exact,
-    # an area within two sides' errors, the union within three areas' (each at most the union)
-    side = 4 * unit_roundoff() * 160 / min(min(b[2] - b[0], b[3] - b[1]) for b in (boxes[best], reference))
-    area = ratio_rtol(side, side)
-    iou_rtol = ratio_rtol(area, 3 * area)
-    assert output["iou"] == pytest.approx(overlaps[best], rel=iou_rtol)
+    # the CLI's IoU is float32 arithmetic on the same coordinates
+    rtol = iou_rtol(boxes[best], reference)
+    assert output["iou"] == pytest.approx(overlaps[best], rel=rtol)
     # the same forward pass of the same model on the same input: the scores are the same floats
     assert output["detection_score"] == float(found["scores"][best])
     assert [p["score"] for p in item["predictions"]] == found["scores"][:5].tolist()
     assert output["score"] == pytest.approx(float(found["scores"][best]) + 0.5 * overlaps[best],
-                                            rel=iou_rtol + 2 * unit_roundoff())  # fmt: skip
+                                            rel=rtol + 2 * unit_roundoff())  # fmt: skip
     # the manifest writes boxes with 2 decimals
     np.testing.assert_allclose(output["box"], boxes[best], rtol=0, atol=0.005 + 4 * unit_roundoff() * 160)
 
