@@ -263,7 +263,8 @@ def test_parallel_decoding_and_writing_give_the_same_outputs(tmp_path, capsys):
     assert len(written) == 6  # 3 images x (heatmap, raw)
     for npy in written:
         twin = tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")
-        np.testing.assert_allclose(np.load(npy), np.load(twin), atol=1e-5)
+        # the same batches explained in this process either way; processes only decode and write
+        np.testing.assert_array_equal(np.load(npy), np.load(twin))
     for png in (tmp_path / "serial").rglob("*.png"):
         twin = tmp_path / "parallel" / png.relative_to(tmp_path / "serial")
         assert np.abs(np.asarray(Image.open(png), int) - np.asarray(Image.open(twin), int)).max() <= 1
