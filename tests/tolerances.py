@@ -19,7 +19,19 @@ How the tests use this:
   the longest accumulation and the magnitude of the summed terms;
 - derived statistics (ratios, AUCs, energies, correlations) are compared *relatively*
   (:func:`ratio_rtol`), never with an absolute bound tuned to one value's size;
-- a min-max normalised map's error is the raw map's error divided by its span (:func:`normalized_atol`).
+- a min-max normalised map's error is the raw map's error divided by its span (:func:`normalized_atol`);
+  a heatmap (the raw map upsampled bilinearly, each pixel a convex combination, then normalised) uses the
+  span of the upsampled raw map (:func:`heatmap_atol`);
+- a class-activation map ``ReLU(sum_k alpha_k A_k)`` sums terms of total size ``sum_k |alpha_k| |A_k|``
+  (:func:`cam_magnitude`), which can be far above ``|raw|`` when channels cancel;
+- values computed by the same code on the same inputs (a logit read twice, a negation) are compared
+  exactly; values from different kernels (a batch of 2 against a batch of 1, compiled against eager)
+  with a bound, since kernels may block a batch differently.
+
+These are worst-case bounds (every rounding the same way); the differences measured on the suite are at
+most about a tenth of them and mostly far smaller or exactly 0, so a check fails on a change of the
+computation, not on another machine's kernels. Where a worst case would be loose to meaninglessness (deep
+models compared term by term) the test runs in float64 instead, where the same bound is ~1e-12.
 """
 
 from __future__ import annotations
@@ -33,7 +45,11 @@ import torch
 __all__ = [
     "assert_close",
     "assert_sum_close",
+    "cam_magnitude",
     "gamma",
+    "heatmap_atol",
+    "iou_rtol",
+    "layer_output",
     "normalized_atol",
     "ratio_rtol",
     "relative",
@@ -81,6 +97,57 @@ def normalized_atol(raw_atol: float, span: float) -> float:
     if span <= 2 * raw_atol:
         raise ValueError(f"the map's span {span} is within its own error {raw_atol}: compare the raw maps instead")
     return 4 * raw_atol / (span - 2 * raw_atol)
+
+
+def heatmap_atol(raw: torch.Tensor, size: tuple[int, int], raw_atol: float) -> float:
+    """Error of a heatmap (``raw`` (..., u, v) upsampled bilinearly to ``size``, then min-max normalised per
+    map) when every raw entry is within ``raw_atol``: bilinear weights are convex, so the upsampled map is
+    within ``raw_atol`` plus a few roundings; the smallest span over the maps sets :func:`normalized_atol`
+    (0 when every map is flat: an all-zero heatmap is exact)."""
+    maps = raw.detach().double().reshape(-1, 1, *raw.shape[-2:])
+    up = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False).flatten(1)
+    spans = up.amax(1) - up.amin(1)
+    if not bool((spans > 0).any()):
+        return 0.0  # every map is flat: its heatmap is all zero, exactly
+    span = float(spans[spans > 0].min())
+    return normalized_atol(raw_atol + 4 * unit_roundoff() * float(up.abs().max()), span)
+
+
+def cam_magnitude(weights: torch.Tensor, activations: torch.Tensor) -> float:
+    """``max sum_k |alpha_k| |A_k(u, v)|`` over maps and cells: the size of the terms a CAM sums.
+
+    ``weights`` (B, K) or (B, k, K), ``activations`` (B, K, u, v).
+    """
+    w = weights.detach().double().abs()
+    a = activations.detach().double().abs()
+    w = w[:, None] if w.dim() == 2 else w
+    return float(torch.einsum("bjk,bkuv->bjuv", w, a).max())
+
+
+def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The output of ``model``'s submodule ``layer`` on ``x`` (cloned at the hook: later in-place ops do not
+    touch it), for :func:`cam_magnitude`."""
+    store: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x, **kwargs)
+    finally:
+        handle.remove()
+    return store[0]
+
+
+def iou_rtol(a: Any, b: Any, dtype: torch.dtype = torch.float32) -> float:
+    """Relative error of the IoU of boxes ``a`` and ``b`` (x0, y0, x1, y1) computed in ``dtype``: each side is a
+    difference of two coordinates rounded to ``dtype`` (within ``4 u max|coord|``), an area the product of two
+    sides, the union a sum of three areas each at most the union, then one quotient."""
+    coords = [float(v) for v in (*a, *b)]
+    shortest = min(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    if shortest <= 0:
+        raise ValueError(f"boxes {a} and {b} need positive sides for a relative IoU bound")
+    side = 4 * unit_roundoff(dtype) * max(abs(c) for c in coords) / float(shortest)
+    area = ratio_rtol(side, side)
+    return ratio_rtol(area, 3 * area, unit_roundoff(dtype))
 
 
 def relative(rtol: float) -> dict[str, float]:

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import gradcam
 from gradcam.assets import sample_annotations, sample_path
 from gradcam.cli import main
+from gradcam.imaging.draw import colormap
+from gradcam.imaging.io import load_image
+from gradcam.jobs.explain import prepare_image
+from gradcam.models import load_model
+from tolerances import cam_magnitude, heatmap_atol, layer_output, sum_atol
 
 FAST = ["--quiet", "--workers", "0"]
 
@@ -261,12 +267,30 @@ def test_parallel_decoding_and_writing_give_the_same_outputs(tmp_path, capsys):
     assert run([*base, "--out", tmp_path / "parallel", "--workers", "2", "--writers", "2"], capsys)[0] == 0
     written = sorted((tmp_path / "serial").rglob("*.npy"))
     assert len(written) == 6  # 3 images x (heatmap, raw)
-    for npy in written:
-        twin = tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")
-        np.testing.assert_allclose(np.load(npy), np.load(twin), atol=1e-5)
+    # with workers the job runs its explanations with other thread settings (bitwise equal at 1 torch thread,
+    # 6e-7 apart at 2): Lite0's bound, as in tests/jobs (45 layers, 1280-term sums, forward and back, alpha and
+    # the channel sum), on each image's raw map; the heatmaps from its upsampled span and the resize's taps
+    loaded = load_model()
+    items = json.loads((tmp_path / "serial" / "manifest.json").read_text())["items"]
+    assert len(items) == 3
+    for item in items:
+        x, _ = prepare_image(load_image(item["input"]), loaded.preprocess)
+        (output,) = item["outputs"]
+        e = gradcam.GradCAM(loaded.model, loaded.default_layer)(x[None], output["target"])
+        activations = layer_output(loaded.model, loaded.default_layer, x[None])
+        raw_atol = sum_atol(1280, cam_magnitude(e.weights, activations), depth=92)
+        heat_atol = heatmap_atol(e.raw, tuple(x.shape[-2:]), raw_atol) + sum_atol(4, 1.0, depth=2)
+        for kind, atol in (("raw", raw_atol), ("heatmap", heat_atol)):
+            npy = Path(output[kind])
+            twin = tmp_path / "parallel" / npy.relative_to(tmp_path / "serial")
+            np.testing.assert_allclose(np.load(twin), np.load(npy), rtol=0, atol=atol)
+    # an overlay is round(image / 2 + LUT[round(255 v)] / 2): a heatmap value that close to a LUT boundary may
+    # take the neighbouring jet entry, which moves the pixel by half the LUT's largest step, plus a rounding
+    jet = colormap("jet").astype(int)
+    levels = int(np.ceil(np.abs(np.diff(jet, axis=0)).max() / 2)) + 1
     for png in (tmp_path / "serial").rglob("*.png"):
         twin = tmp_path / "parallel" / png.relative_to(tmp_path / "serial")
-        assert np.abs(np.asarray(Image.open(png), int) - np.asarray(Image.open(twin), int)).max() <= 1
+        assert np.abs(np.asarray(Image.open(png), int) - np.asarray(Image.open(twin), int)).max() <= levels
 
 
 def test_layers_and_models_commands(capsys):

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 import gradcam
+from tolerances import assert_close, cam_magnitude, heatmap_atol, layer_output, sum_atol
 
 
 def test_gradcam_weights_are_cam_weights_over_z(gap_net):
@@ -15,9 +16,12 @@ def test_gradcam_weights_are_cam_weights_over_z(gap_net):
     grad = gradcam.GradCAM(gap_net, "act")(x, target=torch.tensor([[0, 3], [1, 4], [2, 2]]))
     cam = gradcam.CAM(gap_net, "act")(x, target=torch.tensor([[0, 3], [1, 4], [2, 2]]))
     z = 6 * 5  # the layer's u*v
-    torch.testing.assert_close(grad.weights * z, cam.weights, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.raw * z, cam.raw, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.heatmap, cam.heatmap, rtol=1e-5, atol=1e-6)
+    # both read the same A; Grad-CAM's alpha sums z equal cells of W / z, then both sum 6 channels
+    assert_close(grad.weights * z, cam.weights, terms=z)
+    activations = torch.relu(gap_net.body(x)).detach()
+    raw_atol = sum_atol(z, cam_magnitude(cam.weights, activations), depth=2)
+    torch.testing.assert_close(grad.raw * z, cam.raw, rtol=0, atol=raw_atol)
+    torch.testing.assert_close(grad.heatmap, cam.heatmap, rtol=0, atol=heatmap_atol(cam.raw, (12, 10), raw_atol))
     assert cam.raw.abs().sum() > 0
 
 
@@ -25,8 +29,11 @@ def test_cam_uses_relu_of_features_when_the_head_rectifies_first(gap_net):
     # On 'body' (before the ReLU) the head reads ReLU(A): CAM must use it, and still equal Grad-CAM * Z.
     x = torch.randn(2, 3, 8, 8)
     cam = gradcam.CAM(gap_net, "body")(x, target=1)
-    ref = torch.relu(torch.einsum("c,bcuv->buv", gap_net.fc.weight[1], torch.relu(gap_net.body(x))))
-    torch.testing.assert_close(cam.raw, ref.detach(), rtol=1e-5, atol=1e-6)
+    features = torch.relu(gap_net.body(x)).detach()
+    ref = torch.relu(torch.einsum("c,bcuv->buv", gap_net.fc.weight[1], features))
+    # the same A, summed over 6 channels in two orders
+    magnitude = cam_magnitude(gap_net.fc.weight[1:2].expand(2, -1), features)
+    assert_close(cam.raw, ref.detach(), terms=6, magnitude=magnitude)
 
 
 def test_cam_rejects_a_head_that_is_not_gap_linear(hand_net, gap_net):
@@ -58,9 +65,11 @@ def test_gradcam_agrees_with_captum(arch, layer, size):
     theirs = captum.LayerGradCam(model, model.get_submodule(layer)).attribute(
         x, target=target.tolist(), relu_attributions=True
     )
-    scale = theirs.abs().max()
-    assert scale > 0
-    torch.testing.assert_close(ours.raw, theirs[:, 0].detach(), rtol=1e-5, atol=1e-5 * float(scale.detach()))
+    assert theirs.abs().max() > 0
+    # the same forward and backward; only alpha's GAP and the sum over K channels differ in order
+    activations = layer_output(model, layer, x)
+    raw_atol = sum_atol(activations.shape[1], cam_magnitude(ours.weights, activations), depth=2)
+    torch.testing.assert_close(ours.raw, theirs[:, 0].detach(), rtol=0, atol=raw_atol)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
@@ -70,9 +79,8 @@ def test_guided_backprop_agrees_with_captum(arch):
     x = torch.randn(2, 3, 48, 48)
     ours = gradcam.GuidedBackprop(model)(x, target=[5, 9]).heatmap
     theirs = captum.GuidedBackprop(model).attribute(x, target=[5, 9])
-    scale = theirs.abs().max()
-    assert scale > 0
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale.detach()))
+    assert theirs.abs().max() > 0
+    assert torch.equal(ours, theirs)  # the same backward with the same rectified ReLU gradients: the same floats
 
 
 def test_all_classes_closed_form_equals_the_general_path(gap_net):
@@ -81,12 +89,16 @@ def test_all_classes_closed_form_equals_the_general_path(gap_net):
     fast = gradcam.GradCAM(gap_net, "act").all_classes(x, to_input_size=True)
     every = torch.arange(5).expand(3, -1)
     general = gradcam.GradCAM(gap_net, "act")(x, every)
-    torch.testing.assert_close(fast.raw, general.raw, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fast.heatmap, general.heatmap, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.weights, general.weights, rtol=1e-5, atol=1e-7)
+    # the closed form reads W / 36; the general path averages 36 gradient cells, then both sum 6 channels
+    activations = torch.relu(gap_net.body(x)).detach()
+    raw_atol = sum_atol(36, cam_magnitude(general.weights, activations), depth=2)
+    torch.testing.assert_close(fast.raw, general.raw, rtol=0, atol=raw_atol)
+    heat_atol = heatmap_atol(general.raw, (12, 12), raw_atol)
+    torch.testing.assert_close(fast.heatmap, general.heatmap, rtol=0, atol=heat_atol)
+    assert_close(fast.weights, general.weights, terms=36)
     torch.testing.assert_close(fast.scores, gap_net(x).detach())
     cam = gradcam.CAM(gap_net, "act").all_classes(x)
-    torch.testing.assert_close(cam.raw, fast.raw * 36, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cam.raw, fast.raw * 36, rtol=0, atol=36 * raw_atol)
 
 
 def test_all_classes_closed_form_on_torchvision_resnet():
@@ -96,8 +108,9 @@ def test_all_classes_closed_form_on_torchvision_resnet():
     fast = gradcam.GradCAM(model, "layer4").all_classes(x)
     picked = torch.tensor([[1, 500, 999], [0, 7, 123]])
     general = gradcam.GradCAM(model, "layer4")(x, picked)
+    raw_atol = sum_atol(512, cam_magnitude(general.weights, layer_output(model, "layer4", x)), depth=2)
     torch.testing.assert_close(fast.raw.gather(1, picked[..., None, None].expand(-1, -1, 2, 2)), general.raw,
-                               rtol=1e-4, atol=1e-6)  # fmt: skip
+                               rtol=0, atol=raw_atol)  # fmt: skip
 
 
 def test_all_classes_refuses_a_head_that_rectifies_first(gap_net):

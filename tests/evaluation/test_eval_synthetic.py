@@ -24,6 +24,7 @@ from gradcam.evaluation.synthetic import (
     weights_path,
 )
 from gradcam.evaluation.training import classifier_accuracy, train_synthetic_cnn
+from tolerances import ratio_rtol, sum_atol
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "synthetic_thresholds.json").read_text())
 QUICK = RECORDED["quick"]
@@ -133,10 +134,14 @@ def test_grad_cam_beats_every_trivial_baseline_by_a_clear_margin(quick_run):
 
 
 def test_grad_cam_is_cam_on_a_gap_linear_head(quick_run):
-    # Grad-CAM's weights are CAM's divided by u*v on this head: identical normalised maps, identical numbers
+    # Grad-CAM's weights are CAM's divided by u*v on this head: identical normalised maps up to rounding.
+    # Grad-CAM's alpha averages 14 x 14 gradient cells, then both sum 96 channels (depth 2): each map is within
+    # 2 * 2 * gamma_196 of the other relative to its summed terms; the statistics are ratios of sums of the
+    # maps (the same code on both), so they agree to the ratio of two such errors (2.5e-8 measured, 9e-5 bound).
     gradcam, cam = quick_run.row("gradcam").summary, quick_run.row("cam").summary
+    map_rtol = sum_atol(14 * 14, 1.0, depth=2)
     for key in ("box_accuracy", "max_box_accuracy", "pointing", "mean_iou", "energy", "deletion_auc"):
-        assert gradcam[key] == pytest.approx(cam[key], abs=1e-6), key
+        assert gradcam[key] == pytest.approx(cam[key], rel=ratio_rtol(map_rtol, map_rtol), abs=0), key
 
 
 def test_class_discrimination_on_two_object_images(quick_run):

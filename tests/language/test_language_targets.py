@@ -12,6 +12,7 @@ from gradcam import GradCAM, GuidedGradCAM, TargetError
 from gradcam.language.models import SceneCaptioner, normalize_images
 from gradcam.language.scenes import SceneDataset
 from gradcam.language.targets import AnswerTarget, CaptionTarget, WordTarget, logits_of
+from tolerances import assert_close, cam_magnitude, gamma, sum_atol, unit_roundoff
 
 
 def test_word_target_reads_log_softmax_of_the_previous_step_by_hand() -> None:
@@ -23,12 +24,16 @@ def test_word_target_reads_log_softmax_of_the_previous_step_by_hand() -> None:
     expected = [math.log(1 / 3), 2 - math.log(math.e**2 + 2), 3 - math.log(1 + math.e + math.e**3)]
     scores = WordTarget(tokens, [1, 2, 3])({"logits": logits})
     assert scores.shape == (1, 3)
-    assert torch.allclose(scores[0], torch.tensor(expected), atol=1e-6)
+    # float32 log-softmax x - log sum exp over 3 words: the sum of exps within gamma_3 (+ the exps' ulps) is
+    # an absolute error of the log; the subtraction rounds values up to |x| + |lse| (~6 here)
+    atol = 2 * gamma(3) + 4 * unit_roundoff() + 4 * unit_roundoff() * (3.0 + max(abs(v) for v in expected))
+    torch.testing.assert_close(scores[0], torch.tensor(expected), rtol=0, atol=atol)
     single = WordTarget(tokens, 2)(logits)  # a plain tensor output works too
-    assert single.shape == (1,) and math.isclose(float(single), expected[1], abs_tol=1e-6)
+    assert single.shape == (1,) and math.isclose(float(single), expected[1], abs_tol=atol)
     logit_only = WordTarget(tokens, 3, log_prob=False)(logits)
     assert float(logit_only) == 3.0
-    assert math.isclose(float(CaptionTarget(tokens)(logits)), sum(expected), abs_tol=1e-6)
+    caption_atol = 3 * atol + sum_atol(3, sum(abs(v) for v in expected))  # three such words, summed
+    assert math.isclose(float(CaptionTarget(tokens)(logits)), sum(expected), abs_tol=caption_atol)
 
 
 def test_word_target_uses_generated_tokens_and_broadcasts_one_caption() -> None:
@@ -36,9 +41,10 @@ def test_word_target_uses_generated_tokens_and_broadcasts_one_caption() -> None:
     generated = torch.tensor([[1, 4, 2, 0], [1, 3, 3, 2]])
     scores = WordTarget(None, [1, 2])({"logits": logits, "tokens": generated})
     expected = F.log_softmax(logits, -1)
-    assert torch.allclose(scores[1], torch.stack([expected[1, 0, 3], expected[1, 1, 3]]))
+    # the target reads F.log_softmax of the same logits: the same floats
+    assert torch.equal(scores[1], torch.stack([expected[1, 0, 3], expected[1, 1, 3]]))
     shared = WordTarget(torch.tensor([1, 4, 2]), [2])({"logits": logits})
-    assert torch.allclose(shared[:, 0], expected[:, 1, 2])
+    assert torch.equal(shared[:, 0], expected[:, 1, 2])
 
 
 def test_word_target_errors_name_the_problem() -> None:
@@ -60,7 +66,8 @@ def test_answer_target_values_and_errors() -> None:
     assert AnswerTarget(2)(logits).tolist() == [4.0, 0.0]
     assert AnswerTarget([0, 1])(logits).tolist() == [1.0, 0.0]
     log_p = AnswerTarget(1, log_prob=True)(logits)
-    assert math.isclose(float(log_p[1]), math.log(1 / 3), abs_tol=1e-6)
+    # log-softmax of 3 zeros: the sum of exps within gamma_3 plus the exps' ulps, then a log near 1.1
+    assert math.isclose(float(log_p[1]), math.log(1 / 3), abs_tol=2 * gamma(3) + 4 * unit_roundoff() * 2.2)
     with pytest.raises(TargetError, match="out of range"):
         AnswerTarget(3)(logits)
 
@@ -103,13 +110,20 @@ def test_word_target_gradient_equals_independent_autograd(captioner: SceneCaptio
 
     features = captioner.encoder(images).detach().requires_grad_(True)
     log_probs = reference_log_probs(captioner, features, tokens)
-    assert torch.allclose(e.scores, log_probs[:, [p - 1 for p in positions]].detach(), atol=1e-5)
+    # an independent decoder: its longest sums are the output layer's 384 features; each step chains about
+    # 6 of them (attention keys, energies, context over 64 cells, GRU gates, output, log-softmax), 7 steps,
+    # forward and back; the log-probabilities and logits are O(1)
+    terms, depth = 384, 2 * 6 * 7
+    score_atol = sum_atol(terms, max(1.0, float(log_probs.detach().abs().max())), depth=depth)
+    torch.testing.assert_close(e.scores, log_probs[:, [p - 1 for p in positions]].detach(), rtol=0, atol=score_atol)
     for j, position in enumerate(positions):
         (grad,) = torch.autograd.grad(log_probs[:, position - 1].sum(), features, retain_graph=True)
         alpha = grad.mean(dim=(2, 3))
-        assert torch.allclose(e.weights[:, j], alpha, atol=1e-6, rtol=1e-4)
+        magnitude = float(grad.abs().mean(dim=(2, 3)).max())
+        assert_close(e.weights[:, j], alpha, terms=terms, magnitude=magnitude, depth=depth)
         raw = torch.relu((alpha[:, :, None, None] * features.detach()).sum(1))
-        assert torch.allclose(e.raw[:, j], raw, atol=1e-6, rtol=1e-4)
+        raw_atol = sum_atol(terms, cam_magnitude(e.weights[:, j], features), depth=depth + 1)
+        torch.testing.assert_close(e.raw[:, j], raw, rtol=0, atol=raw_atol)
     assert float(e.weights.abs().sum()) > 0
 
 
@@ -121,8 +135,9 @@ def test_generated_and_teacher_forced_captions_give_identical_maps(captioner: Sc
     for method in (GradCAM(captioner, "encoder"), GuidedGradCAM(captioner, "encoder")):
         free = method(images, WordTarget(None, positions), forward_kwargs={"max_len": 18})
         forced = method(images, WordTarget(generated, positions), forward_kwargs={"tokens": generated})
-        assert torch.allclose(free.scores, forced.scores, atol=1e-6)
-        assert torch.allclose(free.heatmap, forced.heatmap, atol=1e-5)
-        assert torch.allclose(free.raw, forced.raw, atol=1e-6)
+        # decoding step by step runs the same GRU steps on the same tokens either way: the same floats
+        assert torch.equal(free.scores, forced.scores)
+        assert torch.equal(free.heatmap, forced.heatmap)
+        assert torch.equal(free.raw, forced.raw)
     # and the maps differ from word to word (else the identity above would be vacuous)
     assert float((forced.raw[0, 0] - forced.raw[0, 2]).abs().max()) > 1e-3

@@ -25,3 +25,17 @@ def pgc_raw_and_weights(
         raw = torch.from_numpy(cam.get_cam_image(x, module, targets, activations, grads, eigen_smooth=False))
         found = torch.from_numpy(cam.get_cam_weights(x, module, targets, activations, grads)) if weights else None
     return raw.float(), None if found is None else found.float()
+
+
+def layer_terms(model: nn.Module, layer: str, x: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's activations A and gradients dy_c/dA (B, K, u, v) by plain autograd, one class per image:
+    the terms whose sums the methods form, for bounds (``tests/tolerances.py``) on how their orders differ."""
+    store: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.append(o))
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits[torch.arange(len(classes)), classes].sum(), store[0])
+    finally:
+        handle.remove()
+    return store[0].detach(), grad.detach()

@@ -7,7 +7,8 @@ import torch
 
 import gradcam
 from methods.cam_nets import GridNet, grid_input, scaled_resnet18
-from methods.pgc_reference import pgc_raw_and_weights
+from methods.pgc_reference import layer_terms, pgc_raw_and_weights
+from tolerances import assert_close, cam_magnitude, sum_atol
 
 
 def test_weights_and_map_by_hand():
@@ -33,7 +34,8 @@ def test_equals_gradcam_weights_on_a_gap_linear_head(gap_net):
     grad = gradcam.GradCAM(gap_net, "act")(x, [1, 3])
     alive = torch.relu(gap_net.body(x)).sum(dim=(-2, -1)) > 0
     assert alive.any() and grad.weights.abs().sum() > 0
-    torch.testing.assert_close(xgrad.weights[alive], grad.weights[alive], rtol=1e-5, atol=1e-7)
+    # sum A g / sum A: two sums of 4 x 4 cells of positive terms and a quotient; alpha: one such sum
+    assert_close(xgrad.weights[alive], grad.weights[alive], terms=16, depth=3)
     assert (xgrad.weights[~alive] == 0).all()
 
 
@@ -45,7 +47,17 @@ def test_agrees_with_pytorch_grad_cam(layer):
     x = torch.randn(2, 3, 64, 64)
     ours = gradcam.XGradCAM(model, layer)(x, [3, 7])
     raw, weights = pgc_raw_and_weights(pgc.XGradCAM, model, layer, x, [3, 7])
-    scale = float(weights.abs().max())
-    assert scale > 0
-    torch.testing.assert_close(ours.weights, weights, rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(ours.raw, torch.relu(raw), rtol=1e-5, atol=1e-5 * float(raw.abs().max()))
+    assert weights.abs().max() > 0
+    # the same A (>= 0 after the block's ReLU) and g: alpha_k = sum g A / sum A over u*v cells (two sums and a
+    # quotient), then the map sums K channels
+    a, g = layer_terms(model, layer, x, [3, 7])
+    channels, cells = a.shape[1], a.shape[2] * a.shape[3]
+    sums = a.sum((2, 3))
+    magnitude = float(((g.abs() * a).sum((2, 3)) / sums.clamp_min(1e-30)).max())
+    # pytorch-grad-cam divides by sum A + 1e-7: its weights are smaller by alpha * 1e-7 / (sum A + 1e-7)
+    eps_shift = (ours.weights.abs() * 1e-7 / (sums + 1e-7)).double()
+    weights_atol = sum_atol(cells, magnitude, depth=3) + float(eps_shift.max())
+    torch.testing.assert_close(ours.weights, weights, rtol=0, atol=weights_atol)
+    raw_atol = sum_atol(max(channels, cells), cam_magnitude(ours.weights, a), depth=4)
+    raw_atol += float(torch.einsum("bk,bkuv->buv", eps_shift, a.double()).max())
+    torch.testing.assert_close(ours.raw, torch.relu(raw), rtol=0, atol=raw_atol)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import HandNet
+from tolerances import assert_close
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -94,6 +95,45 @@ class TinyCaptioner(nn.Module):
         return {"logits": self.head(torch.tanh(hidden))}
 
 
+class AutogradReference(NamedTuple):
+    """Plain autograd's Grad-CAM weights (B, [k,] K), scores y, and what bounds their rounding: ``magnitude``
+    (the largest cell mean of ``|dy/dA|``: alpha's summed terms) and ``cells`` (how many terms alpha sums)."""
+
+    weights: torch.Tensor
+    scores: torch.Tensor
+    magnitude: float
+    cells: int
+
+
+def autograd_reference(
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    scalar: Callable[[Any], torch.Tensor],
+    forward_kwargs: dict | None = None,
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> AutogradReference:
+    """Plain autograd: full forward with grad on, y = scalar(output) (B,) or (B, k), dy/dA of the
+    layer's output, Grad-CAM weights = spatial mean."""
+    store: dict[str, torch.Tensor] = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            y = scalar(model(x, **(forward_kwargs or {})))
+            columns = y if y.dim() == 2 else y[:, None]
+            weights, magnitudes = [], []
+            for j in range(columns.shape[1]):
+                (grad,) = torch.autograd.grad(columns[:, j].sum(), store["a"], retain_graph=True)
+                grid = grad if reshape is None else reshape(grad)
+                weights.append(grid.mean((-2, -1)))
+                magnitudes.append(float(grid.abs().mean((-2, -1)).max()))
+    finally:
+        handle.remove()
+    stacked = torch.stack(weights, 1)
+    cells = grid.shape[-2] * grid.shape[-1]
+    return AutogradReference(stacked if y.dim() == 2 else stacked[:, 0], y.detach(), max(magnitudes), cells)
+
+
 def autograd_weights(
     model: nn.Module,
     layer: str,
@@ -102,20 +142,20 @@ def autograd_weights(
     forward_kwargs: dict | None = None,
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain autograd: full forward with grad on, y = scalar(output) (B,) or (B, k), dy/dA of the
-    layer's output, Grad-CAM weights = spatial mean. Returns (weights (B, [k,] K), y)."""
-    store: dict[str, torch.Tensor] = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    try:
-        with torch.enable_grad():
-            y = scalar(model(x, **(forward_kwargs or {})))
-            columns = y if y.dim() == 2 else y[:, None]
-            weights = []
-            for j in range(columns.shape[1]):
-                (grad,) = torch.autograd.grad(columns[:, j].sum(), store["a"], retain_graph=True)
-                grid = grad if reshape is None else reshape(grad)
-                weights.append(grid.mean((-2, -1)))
-    finally:
-        handle.remove()
-    stacked = torch.stack(weights, 1)
-    return (stacked if y.dim() == 2 else stacked[:, 0]), y.detach()
+    """:func:`autograd_reference`'s (weights, y)."""
+    reference = autograd_reference(model, layer, x, scalar, forward_kwargs, reshape)
+    return reference.weights, reference.scores
+
+
+def assert_weights_close(
+    actual: torch.Tensor, reference: AutogradReference, *, depth: int = 4, terms: int | None = None
+) -> None:
+    """Grad-CAM's weights against plain autograd's: the library runs the same forward, a backward of the same
+    ops (vmapped for k targets, its own formula for the target) and averages ``reference.cells`` cells.
+
+    The bound is :func:`tolerances.sum_atol` of ``terms`` (default: the cells; pass the longest sum of the
+    backward when it is longer) over ``depth`` accumulations (target, head backward, ..., alpha's mean) of
+    ``reference.magnitude``.
+    """
+    n = reference.cells if terms is None else max(terms, reference.cells)
+    assert_close(actual, reference.weights, terms=n, magnitude=reference.magnitude, depth=depth)
