@@ -117,3 +117,21 @@ def test_all_classes_refuses_a_head_that_rectifies_first(gap_net):
     # On 'body' the head reads ReLU(A): dy/dA is not W / Z there, so the closed form does not apply.
     with pytest.raises(gradcam.MethodError, match="global-average-pooling \\+ linear head"):
         gradcam.GradCAM(gap_net, "body").all_classes(torch.randn(1, 3, 8, 8))
+
+
+def test_normalize_keeps_real_structure_and_flattens_rounding_noise():
+    """A mathematically constant map computed in float32 carries ulp-level noise (FullGrad's bias channel under a
+    GAP head: relative span 6e-8); stretched to [0, 1] it would be a full-contrast map of nothing."""
+    from gradcam.methods.base import normalize
+
+    constant = torch.full((1, 1, 4, 4), 0.3)
+    noisy = constant.clone()
+    noisy[0, 0, 0, 0] = torch.nextafter(torch.tensor(0.3), torch.tensor(1.0))  # one ulp above
+    assert torch.equal(normalize(noisy), torch.zeros_like(noisy))
+    assert torch.equal(normalize(constant), torch.zeros_like(constant))
+    structured = constant.clone()
+    structured[0, 0, 1, 2] = 0.3 * (1 + 1e-4)  # 1e-4 relative: ~800 ulps, real structure
+    out = normalize(structured)
+    # (m - min) * (1 / span): two roundings from exactly 1 at the maximum, exactly 0 elsewhere
+    assert float(out[0, 0, 1, 2]) == pytest.approx(1.0, rel=0, abs=2 * torch.finfo(torch.float32).eps)
+    assert int((out == 0).sum()) == 15

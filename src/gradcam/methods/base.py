@@ -58,12 +58,16 @@ def normalize(maps: torch.Tensor, rank: int = 2) -> torch.Tensor:
     """Per-map min-max normalisation over the last ``rank`` axes to [0, 1]; a flat map becomes all zero.
 
     ``(m - min) / (max - min)``, with the division done per map on the (..., 1, 1) statistics so the
-    full-size tensor is touched twice (subtract, multiply) rather than four times.
+    full-size tensor is touched twice (subtract, multiply) rather than four times. A map whose span is within
+    ``8 eps max(|min|, |max|)`` (a few roundings of its own values: a mathematically constant map computed in
+    floating point) counts as flat, so rounding noise is never stretched to [0, 1].
     """
     low, high = torch.aminmax(maps.flatten(-rank), dim=-1)
     low, high = low[(..., *[None] * rank)], high[(..., *[None] * rank)]
     span = high - low
-    scale = torch.where(span > 0, 1 / torch.where(span > 0, span, 1), 0)
+    eps = torch.finfo(maps.dtype).eps if maps.is_floating_point() else 0.0
+    flat = span <= 8 * eps * torch.maximum(low.abs(), high.abs())
+    scale = torch.where(flat, 0, 1 / torch.where(flat, 1, span))
     return (maps - low).mul_(scale)
 
 
