@@ -486,9 +486,11 @@ def warn_if_zero(gradients: torch.Tensor, name: str) -> None:
         images = sorted({int(b) for b in zero.nonzero()[:, 0]})
         logger.warning(
             "gradcam: the target's gradient at layer '%s' is identically zero for image(s) %s, so the map is all "
-            "zero: the target does not depend on this layer's values (a class-token classifier reads only the "
-            "class token of the last block's output); choose an earlier layer, e.g. the last block's norm1, or "
-            "pass layer=None for the automatic choice",
+            "zero: the target does not depend on this layer's values. Usual causes: a class-token classifier "
+            "explained at the last block's output or final norm (only the class token reaches the head: choose "
+            "the last block's norm1, or layer=None for the automatic choice); a head whose weights are zero "
+            "(torchvision initialises ViT heads so); a target that reads nothing (a segmentation class no pixel "
+            "is predicted as, a box no detection matches)",
             name,
             images[:8],
         )
