@@ -10,7 +10,9 @@ from torch import nn
 import gradcam
 from gradcam.smoothing import AugSmooth, EigenSmooth, NoiseSmooth, eigen_smoothed
 from methods.cam_nets import GridNet, grid_input, scaled_resnet18
-from tolerances import cam_magnitude, heatmap_atol, layer_output, normalized_atol, sum_atol
+from methods.pgc_reference import layer_terms
+from methods.test_eigengradcam import projection_atol
+from tolerances import cam_magnitude, heatmap_atol, layer_output, normalized_atol, sum_atol, unit_roundoff
 
 
 def pgc_eigen_maps(cls, model, layer, x, classes):
@@ -28,6 +30,41 @@ def pgc_eigen_maps(cls, model, layer, x, classes):
     return torch.from_numpy(smooth).float(), torch.from_numpy(plain).float()
 
 
+def channel_terms(name, weights, a, g):
+    """Each method's channel terms T (B, K, u, v) in float64 and a bound on |ours - pytorch-grad-cam's| per term:
+    element-wise methods (HiResCAM g A, LayerCAM ReLU(g) A) round the same product of the same values; the others
+    sum their weights over u*v cells in other orders (Grad-CAM: a mean; Grad-CAM++, XGradCAM: two sums and a
+    quotient of positive terms, XGradCAM's 1e-7 added to sum A), then one product each."""
+    a, g, weights = a.double(), g.double(), weights.double()
+    cells = a.shape[2] * a.shape[3]
+    if name in ("HiResCAM", "LayerCAM"):
+        terms = (g if name == "HiResCAM" else torch.relu(g)) * a
+        return terms, torch.zeros_like(terms)
+    if name == "GradCAM":
+        weights_atol = sum_atol(cells, 1.0) * g.abs().mean((2, 3))
+    elif name == "XGradCAM":
+        sums = a.sum((2, 3))
+        weights_atol = sum_atol(cells, 1.0, depth=3) * (g.abs() * a).sum((2, 3)) / sums.clamp_min(1e-30)
+        weights_atol = weights_atol + weights.abs() * 1e-7 / (sums + 1e-7)
+    else:
+        weights_atol = sum_atol(cells, 1.0, depth=3) * weights.abs()
+    terms = weights[:, :, None, None] * a
+    return terms, weights_atol[:, :, None, None] * a.abs() + 2 * unit_roundoff() * terms.abs()
+
+
+def perturbed_projection_atol(terms, errors):
+    """How far the centred first-component projection of ``terms`` (K, u, v) moves when each term moves by up to
+    ``errors``: a row of the centred matrix by |dM_i| (the centring adds the mean error), the axis by up to
+    2 |dM|_F / (sigma_1 - sigma_2) (Wedin), the projection by |dM_i| + |M_i| times that."""
+    matrix = terms.flatten(1).T
+    matrix = matrix - matrix.mean(0)
+    d_matrix = errors.flatten(1).T
+    d_matrix = d_matrix + d_matrix.mean(0)
+    sigma = torch.linalg.svdvals(matrix)
+    axis_error = 2 * float(d_matrix.norm()) / float(sigma[0] - sigma[1])
+    return float((d_matrix.norm(dim=1) + matrix.norm(dim=1) * axis_error).max())
+
+
 @pytest.mark.parametrize("name", ["GradCAM", "HiResCAM", "LayerCAM", "GradCAMPlusPlus", "XGradCAM"])
 def test_eigen_smooth_agrees_with_pytorch_grad_cam(name):
     pgc = pytest.importorskip("pytorch_grad_cam")
@@ -38,11 +75,13 @@ def test_eigen_smooth_agrees_with_pytorch_grad_cam(name):
     x = torch.randn(2, 3, 64, 64)
     ours = EigenSmooth(getattr(gradcam, name)(model, "layer3"))(x, [3, 7])
     smooth, plain = pgc_eigen_maps(getattr(pgc, name), model, "layer3", x, [3, 7])
+    terms, term_errors = channel_terms(name, ours.weights, *layer_terms(model, "layer3", x, [3, 7]))
     for b in range(2):  # pytorch-grad-cam's SVD sign is arbitrary: ours correlates with the unsmoothed map
         sign = 1.0 if float((smooth[b] * (plain[b] - plain[b].mean())).sum()) >= 0 else -1.0
         expected = torch.relu(sign * smooth[b])
         assert expected.max() > 0
-        torch.testing.assert_close(ours.raw[b], expected, rtol=1e-5, atol=1e-5 * float(smooth[b].abs().max()))
+        atol = projection_atol(terms[b]) + perturbed_projection_atol(terms[b], term_errors[b])
+        torch.testing.assert_close(ours.raw[b], expected, rtol=0, atol=atol)
     assert ours.method == f"{getattr(gradcam, name).name}+eigen-smooth"
 
 
