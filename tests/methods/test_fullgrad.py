@@ -15,7 +15,7 @@ from tolerances import normalized_atol, sum_atol, unit_roundoff
 
 def minmax(m: torch.Tensor) -> torch.Tensor:
     # a constant map upsampled bilinearly is constant only up to a rounding (w c + (1 - w) c): such a map is flat
-    # (0), not its rounding noise stretched to [0, 1] (seen in float64 with ATEN_CPU_CAPABILITY=default)
+    # (0), not its rounding noise stretched to [0, 1] (FullGrad guards against the same in channel_maps)
     low, high = m.amin(dim=(-2, -1), keepdim=True), m.amax(dim=(-2, -1), keepdim=True)
     varies = high - low > 8 * unit_roundoff(m.dtype) * high.abs()
     return torch.where(varies, (m - low) / torch.where(varies, high - low, 1), 0)
