@@ -8,7 +8,7 @@ import torch
 import gradcam
 from methods.cam_nets import A0, GridNet, grid_input, scaled_resnet18
 from methods.pgc_reference import pgc_raw_and_weights
-from tolerances import assert_close
+from tolerances import assert_close, gamma, sum_atol
 
 
 def test_element_wise_map_by_hand():
@@ -59,13 +59,33 @@ def test_eigen_grad_cam_agrees_with_pytorch_grad_cam(layer):
     x = torch.randn(2, 3, 64, 64)
     ours = gradcam.EigenGradCAM(model, layer)(x, [3, 7])
     theirs, _ = pgc_raw_and_weights(pgc.EigenGradCAM, model, layer, x, [3, 7], weights=False)  # SVD sign arbitrary
-    summed = torch.stack([(g * a).sum(0) for g, a in zip(*_grads_and_activations(model, layer, x, [3, 7]))])
+    summed_terms = torch.stack([g * a for g, a in zip(*_grads_and_activations(model, layer, x, [3, 7]))])
+    summed = summed_terms.sum(1)
     for b in range(2):  # our sign rule, applied independently: correlate with HiResCAM's map before its ReLU
         centred = summed[b] - summed[b].mean()
         sign = 1.0 if float((theirs[b] * centred).sum()) >= 0 else -1.0
         expected = torch.relu(sign * theirs[b])
         assert expected.max() > 0
-        torch.testing.assert_close(ours.raw[b], expected, rtol=1e-5, atol=1e-5 * float(theirs[b].abs().max()))
+        torch.testing.assert_close(ours.raw[b], expected, rtol=0, atol=projection_atol(summed_terms[b]))
+
+
+def projection_atol(terms):
+    """Bound on |ours - pytorch-grad-cam| for the centred first-component projection of the terms (K, u, v).
+
+    As for Eigen-CAM (test_eigencam.py): numpy's float32 SVD is backward stable (error ~ gamma_n sigma_1, n the
+    longer side), so the first right singular vector moves by that over the gap sigma_1 - sigma_2 (Wedin) and
+    each cell's projection by its row's norm times that; plus pytorch-grad-cam's float32 centring (a mean over
+    the u*v positions, projected on v) and the K-term dot product, each summed in two orders.
+    """
+    matrix = terms.flatten(1).T.double()  # (u*v positions) x (K channels)
+    shift = sum_atol(matrix.shape[0], float(matrix.abs().max()))  # a float32 column mean's error
+    matrix = matrix - matrix.mean(0)
+    sigma = torch.linalg.svdvals(matrix)
+    vector_error = 2 * gamma(max(matrix.shape)) * float(sigma[0] / (sigma[0] - sigma[1]))
+    v = torch.linalg.svd(matrix, full_matrices=False)[2][0]
+    dot_terms = float((matrix.abs() @ v.abs()).max())
+    vector_part = float(matrix.norm(dim=1).max()) * vector_error
+    return vector_part + shift * float(v.abs().sum()) + sum_atol(matrix.shape[1], dot_terms)
 
 
 def _grads_and_activations(model, layer, x, classes):

@@ -10,7 +10,9 @@ from torch import nn
 import gradcam
 from gradcam.smoothing import AugSmooth, EigenSmooth, NoiseSmooth, eigen_smoothed
 from methods.cam_nets import GridNet, grid_input, scaled_resnet18
-from tolerances import normalized_atol
+from methods.pgc_reference import layer_terms
+from methods.test_eigengradcam import projection_atol
+from tolerances import cam_magnitude, heatmap_atol, layer_output, normalized_atol, sum_atol, unit_roundoff
 
 
 def pgc_eigen_maps(cls, model, layer, x, classes):
@@ -28,6 +30,41 @@ def pgc_eigen_maps(cls, model, layer, x, classes):
     return torch.from_numpy(smooth).float(), torch.from_numpy(plain).float()
 
 
+def channel_terms(name, weights, a, g):
+    """Each method's channel terms T (B, K, u, v) in float64 and a bound on |ours - pytorch-grad-cam's| per term:
+    element-wise methods (HiResCAM g A, LayerCAM ReLU(g) A) round the same product of the same values; the others
+    sum their weights over u*v cells in other orders (Grad-CAM: a mean; Grad-CAM++, XGradCAM: two sums and a
+    quotient of positive terms, XGradCAM's 1e-7 added to sum A), then one product each."""
+    a, g, weights = a.double(), g.double(), weights.double()
+    cells = a.shape[2] * a.shape[3]
+    if name in ("HiResCAM", "LayerCAM"):
+        terms = (g if name == "HiResCAM" else torch.relu(g)) * a
+        return terms, torch.zeros_like(terms)
+    if name == "GradCAM":
+        weights_atol = sum_atol(cells, 1.0) * g.abs().mean((2, 3))
+    elif name == "XGradCAM":
+        sums = a.sum((2, 3))
+        weights_atol = sum_atol(cells, 1.0, depth=3) * (g.abs() * a).sum((2, 3)) / sums.clamp_min(1e-30)
+        weights_atol = weights_atol + weights.abs() * 1e-7 / (sums + 1e-7)
+    else:
+        weights_atol = sum_atol(cells, 1.0, depth=3) * weights.abs()
+    terms = weights[:, :, None, None] * a
+    return terms, weights_atol[:, :, None, None] * a.abs() + 2 * unit_roundoff() * terms.abs()
+
+
+def perturbed_projection_atol(terms, errors):
+    """How far the centred first-component projection of ``terms`` (K, u, v) moves when each term moves by up to
+    ``errors``: a row of the centred matrix by |dM_i| (the centring adds the mean error), the axis by up to
+    2 |dM|_F / (sigma_1 - sigma_2) (Wedin), the projection by |dM_i| + |M_i| times that."""
+    matrix = terms.flatten(1).T
+    matrix = matrix - matrix.mean(0)
+    d_matrix = errors.flatten(1).T
+    d_matrix = d_matrix + d_matrix.mean(0)
+    sigma = torch.linalg.svdvals(matrix)
+    axis_error = 2 * float(d_matrix.norm()) / float(sigma[0] - sigma[1])
+    return float((d_matrix.norm(dim=1) + matrix.norm(dim=1) * axis_error).max())
+
+
 @pytest.mark.parametrize("name", ["GradCAM", "HiResCAM", "LayerCAM", "GradCAMPlusPlus", "XGradCAM"])
 def test_eigen_smooth_agrees_with_pytorch_grad_cam(name):
     pgc = pytest.importorskip("pytorch_grad_cam")
@@ -38,11 +75,13 @@ def test_eigen_smooth_agrees_with_pytorch_grad_cam(name):
     x = torch.randn(2, 3, 64, 64)
     ours = EigenSmooth(getattr(gradcam, name)(model, "layer3"))(x, [3, 7])
     smooth, plain = pgc_eigen_maps(getattr(pgc, name), model, "layer3", x, [3, 7])
+    terms, term_errors = channel_terms(name, ours.weights, *layer_terms(model, "layer3", x, [3, 7]))
     for b in range(2):  # pytorch-grad-cam's SVD sign is arbitrary: ours correlates with the unsmoothed map
         sign = 1.0 if float((smooth[b] * (plain[b] - plain[b].mean())).sum()) >= 0 else -1.0
         expected = torch.relu(sign * smooth[b])
         assert expected.max() > 0
-        torch.testing.assert_close(ours.raw[b], expected, rtol=1e-5, atol=1e-5 * float(smooth[b].abs().max()))
+        atol = projection_atol(terms[b]) + perturbed_projection_atol(terms[b], term_errors[b])
+        torch.testing.assert_close(ours.raw[b], expected, rtol=0, atol=atol)
     assert ours.method == f"{getattr(gradcam, name).name}+eigen-smooth"
 
 
@@ -67,8 +106,19 @@ def test_aug_smooth_agrees_with_pytorch_grad_cam():
     ours = AugSmooth(gradcam.GradCAM(model, "layer3"))(x, [3, 7])
     with pgc.GradCAM(model=model, target_layers=[model.layer3]) as cam:
         theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(3), ClassifierOutputTarget(7)], aug_smooth=True))
-    # Both are means of 6 min-max normalised maps in [0, 1]; pytorch-grad-cam divides by (span + 1e-7).
-    torch.testing.assert_close(ours.raw, theirs, rtol=0, atol=1e-5)
+    # Both are means of 6 min-max normalised maps in [0, 1]. Each augmented Grad-CAM map sums K channels of
+    # alpha (a mean over u*v cells) in other orders; its heatmap is then within heatmap_atol, plus pytorch-grad-cam's
+    # 1e-7 added to the span (relative 1e-7 / span); the mean of 6 adds its own roundings.
+    errors = []
+    for inputs, _ in AugSmooth(gradcam.GradCAM(model, "layer3")).variants(x):
+        e = gradcam.GradCAM(model, "layer3")(inputs, [3, 7])
+        a = layer_output(model, "layer3", inputs)
+        raw_atol = sum_atol(max(a.shape[1], a.shape[2] * a.shape[3]), cam_magnitude(e.weights, a), depth=2)
+        spans = e.raw.amax((1, 2)) - e.raw.amin((1, 2))
+        errors.append(heatmap_atol(e.raw, (64, 48), raw_atol) + 1e-7 / float(spans[spans > 0].min()))
+    assert len(errors) == 6
+    atol = sum(errors) / len(errors) + sum_atol(6, 1.0)
+    torch.testing.assert_close(ours.raw, theirs, rtol=0, atol=atol)
     assert ours.heatmap.amax() == 1 and ours.method == "gradcam+aug-smooth"
 
 
@@ -132,10 +182,11 @@ def test_noise_smooth_is_the_average_of_the_noisy_maps(gap_net):
     method = gradcam.GradCAMPlusPlus(gap_net, "act")
     e = NoiseSmooth(method, samples=3, noise=0.2, seed=5)(x, [1, 4])
     generator = torch.Generator().manual_seed(5)  # the documented draw: image after image, 3 draws each
-    noise = torch.stack([torch.randn((3, 3, 8, 8), generator=generator) * 0.2 * (x[b].max() - x[b].min())
+    noise = torch.stack([torch.randn((3, 3, 8, 8), generator=generator) * (0.2 * (x[b].max() - x[b].min()))
                          for b in range(2)], dim=1)  # fmt: skip
     expected = sum(method(x + noise[m], [1, 4]).heatmap for m in range(3)) / 3
-    torch.testing.assert_close(e.raw, expected, rtol=0, atol=1e-6)
+    # the same noise (sigma rounded as documented, then one product), the same calls, summed in the same order
+    assert torch.equal(e.raw, expected)
     torch.testing.assert_close(NoiseSmooth(method, samples=3, noise=0.2, seed=5)(x, [1, 4]).raw, e.raw)  # seeded
     torch.testing.assert_close(NoiseSmooth(method, stdev=0.0)(x, [1, 4]).raw, method(x, [1, 4]).heatmap)
     with pytest.raises(ValueError, match="samples must be a positive integer"):
@@ -181,7 +232,18 @@ def test_noise_smoothing_the_input_gradient_is_smoothgrad(gap_net):
     composed = NoiseSmooth(gradcam.InputGradient(gap_net), samples=4, noise=0.15, seed=1)(x, [0, 2])
     smoothgrad = gradcam.SmoothGrad(gap_net, samples=4, noise=0.15, seed=1)(x, [0, 2])
     assert composed.heatmap.shape == (2, 3, 8, 8)
-    torch.testing.assert_close(composed.heatmap, smoothgrad.heatmap, rtol=1e-5, atol=1e-7)
+    # the same noise and gradients from other batches (4 noisy copies at once against one at a time): dy/dx sums
+    # 6 * 9 then 8 * 9 terms (depth 2) of at most the backward with |W| and every ReLU open (an upper bound for
+    # any noisy input), then a mean over 4 samples
+    with torch.no_grad():
+        body = gap_net.body
+        norm = body[1]
+        g3 = gap_net.fc.weight[[0, 2]].abs()[:, :, None, None].expand(2, 6, 4, 4) / 16
+        g2 = F.conv_transpose2d(g3, body[3].weight.abs(), stride=2, padding=1, output_padding=1)
+        g1 = g2 * (norm.weight / torch.sqrt(norm.running_var + norm.eps)).abs()[None, :, None, None]
+        size = float(F.conv_transpose2d(g1, body[0].weight.abs(), padding=1).max())
+    atol = sum_atol(72, size, depth=3)
+    torch.testing.assert_close(composed.heatmap, smoothgrad.heatmap, rtol=0, atol=atol)
 
 
 def test_an_eigen_smoothed_class_composes_with_multi_layer_fusion(gap_net):

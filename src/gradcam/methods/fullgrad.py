@@ -52,7 +52,12 @@ def channel_maps(values: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """``sum_c normalize(Up(|values_c|))``: (B, k, C, *S) -> (B, k, *size), each channel min-max normalised."""
     rank = len(size)
     flat = values.abs().flatten(0, 1)  # (B k, C, *S)
-    return normalize(upsample(flat, size), rank).sum(dim=1).view(*values.shape[:2], *size)
+    maps = normalize(upsample(flat, size), rank)
+    # a constant channel is flat (0): bilinear weights w, 1 - w reproduce a constant only up to a rounding, which
+    # the normalisation would stretch to [0, 1] (seen with ATEN_CPU_CAPABILITY=default)
+    low, high = torch.aminmax(flat.flatten(-rank), dim=-1)
+    maps = maps.masked_fill((high == low)[(..., *[None] * rank)], 0)
+    return maps.sum(dim=1).view(*values.shape[:2], *size)
 
 
 class FullGrad(Explainer):
