@@ -17,6 +17,7 @@ every registered method and the trivial baselines; :func:`write_report` writes t
 
 from __future__ import annotations
 
+from .complexity import Complexity, gini, map_entropy
 from .datasets import (
     AnnotatedImage,
     load_annotated_folder,
@@ -49,6 +50,7 @@ __all__ = [
     "AnnotatedImage",
     "BoxAccuracy",
     "BoxEnergy",
+    "Complexity",
     "ConfidenceChange",
     "DeletionInsertion",
     "EvaluationResult",
@@ -66,9 +68,11 @@ __all__ = [
     "evaluate",
     "format_table",
     "gaussian_blur",
+    "gini",
     "largest_component",
     "load_annotated_folder",
     "load_synthetic_model",
+    "map_entropy",
     "map_to_box",
     "occlusion_map",
     "peak_point",
