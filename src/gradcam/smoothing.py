@@ -25,30 +25,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .capture import model_guard
 from .errors import MethodError
 from .explanation import Explanation
 from .methods._noise import check_noise, input_noise
-from .methods.base import Explainer, LayerMethod, check_input, finish, normalize, run_model, usable_input
+from .methods.base import Explainer, LayerMethod, check_input, finish, normalize, run_model, upsample, usable_input
 from .methods.eigencam import eigen_smoothed
 from .targets import Target, resolve_target
 
 __all__ = ["AugSmooth", "EigenSmooth", "NoiseSmooth", "eigen_smoothed"]
 
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
 
 def resize(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Maps (..., *S) resampled to (..., *size): (bi/tri)linear, ``align_corners=False`` (pixel centres)."""
+    """Maps (..., *S) resampled to (..., *size) by :func:`~gradcam.methods.base.upsample` (linear / bilinear /
+    trilinear, ``align_corners=False``), whatever leads the position axes."""
     rank = len(size)
     if tuple(maps.shape[-rank:]) == tuple(size):
         return maps
-    lead = maps.shape[:-rank]
     flat = maps.reshape(-1, 1, *maps.shape[-rank:])
-    out = F.interpolate(flat, size=tuple(size), mode=_MODES[rank], align_corners=False)
-    return out.reshape(*lead, *size)
+    return upsample(flat, tuple(size)).reshape(*maps.shape[:-rank], *size)
 
 
 class _MapAverage(Explainer):

@@ -8,10 +8,15 @@ from typing import Any
 import torch
 
 
-def check_noise(samples: Any, noise: Any, stdev: Any) -> None:
-    """ValueErrors naming ``samples`` (a positive int), ``noise`` (a fraction >= 0) or ``stdev`` (None or >= 0)."""
+def check_samples(samples: Any) -> None:
+    """A ValueError unless ``samples`` (how many noisy or scaled copies a method averages) is a positive int."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer; got {samples!r}")
+
+
+def check_noise(samples: Any, noise: Any, stdev: Any) -> None:
+    """ValueErrors naming ``samples`` (a positive int), ``noise`` (a fraction >= 0) or ``stdev`` (None or >= 0)."""
+    check_samples(samples)
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0 (a fraction of the input range); got {noise!r}")
     if stdev is not None and not (isinstance(stdev, (int, float)) and math.isfinite(stdev) and stdev >= 0):

@@ -6,7 +6,6 @@ attributions (signed, not normalised), ``(B, k, C, H, W)`` for k targets per ima
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from ..capture import model_guard
 from ..errors import InputError
 from ..explanation import Explanation
 from ..targets import OutputSelector, ResolvedTarget, Target, resolve_target
+from ._noise import check_noise
 from ._rescoring import kwargs_for_image
 from .base import Explainer, check_input, finish, require_finite, run_model, usable_input
 from .guided import InputGradient, input_gradients
@@ -156,12 +156,7 @@ class SmoothGrad(_InputSpaceMethod):
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, batch_size=batch_size, output=output, eval_mode=eval_mode)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive integer; got {samples!r}")
-        if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
-            raise ValueError(f"noise must be a finite number >= 0 (a fraction of the input range); got {noise!r}")
-        if stdev is not None and not (isinstance(stdev, (int, float)) and math.isfinite(stdev) and stdev >= 0):
-            raise ValueError(f"stdev must be None or a finite number >= 0; got {stdev!r}")
+        check_noise(samples, noise, stdev)
         self.samples, self.noise, self.stdev, self.seed = samples, float(noise), stdev, seed
 
     def sigma(self, image: torch.Tensor) -> torch.Tensor | float:

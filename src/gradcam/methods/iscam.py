@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..targets import OutputSelector
+from ._noise import check_samples
 from .base import MapContext
 from .scorecam import ScoreCAM
 
@@ -45,8 +46,7 @@ class ISCAM(ScoreCAM):
             model, layer, batch_size=batch_size, score=score, weighting=weighting, output=output,
             eval_mode=eval_mode, reshape=reshape,
         )  # fmt: skip
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive integer; got {samples!r}")
+        check_samples(samples)
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}; got {path!r}")
         self.samples, self.path = samples, path

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..targets import OutputSelector
+from ._noise import check_samples
 from .base import MapContext
 from .scorecam import ScoreCAM
 
@@ -47,8 +48,7 @@ class SSCAM(ScoreCAM):
             model, layer, batch_size=batch_size, score=score, weighting=weighting, output=output,
             eval_mode=eval_mode, reshape=reshape,
         )  # fmt: skip
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive integer; got {samples!r}")
+        check_samples(samples)
         if not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0):
             raise ValueError(f"std must be a finite number >= 0; got {std!r}")
         self.samples, self.std, self.seed = samples, float(std), seed
