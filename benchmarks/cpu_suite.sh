@@ -22,6 +22,6 @@ done
 $py benchmarks/run.py --models efficientnet_lite0,resnet50,vgg16 --k 1 --rounds 20 --warmup 2 \
     --contenders forward,gradcam,gradcam-all-classes \
     --json "$out/cpu_k1_ours_20rounds.json" 2>&1 | grep -v -i warn | tee "$out/cpu_k1_ours_20rounds.md"
-$py benchmarks/folder_throughput.py --images 64 --batch 16 --rounds 5 2>&1 | tee "$out/cpu_folder_threads.md"
-$py benchmarks/folder_breakdown.py --images 64 --rounds 12 2>&1 | tee "$out/cpu_folder_breakdown.md"
+$py benchmarks/folder_throughput.py --images 64 --batch 16 --rounds 3 2>&1 | tee "$out/cpu_folder_lite0.md"
+$py benchmarks/folder_throughput.py --model resnet50 --images 64 --batch 16 --rounds 3 2>&1 | tee "$out/cpu_folder_resnet50.md"
 uptime | tee -a "$out/machine.txt"

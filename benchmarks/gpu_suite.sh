@@ -34,8 +34,7 @@ for batch in 1 4 64; do
 done
 python3 benchmarks/run.py --device cuda --models resnet50 --rounds 20 --warmup 3 --k 1,2,5,10,20 \
     --contenders forward,gradcam --json "$out/json/gpu_classes.json" 2>&1 | grep -v Warning
-python3 benchmarks/folder_breakdown.py --device cuda --images 512 --batch 32 --rounds 3 --workers 8 --writers 8 2>&1
-python3 benchmarks/folder_throughput.py --device cuda --images 512 --batch 32 --outputs "raw;heatmap;all:jpg" 2>&1
-python3 benchmarks/folder_throughput.py --device cuda --images 512 --batch 32 --workers 8 --writers 8 \
-    2>&1
+python3 benchmarks/folder_throughput.py --device cuda --images 512 --batch 32 --workers 8 --writers 8 2>&1
+python3 benchmarks/folder_throughput.py --device cuda --model resnet50 --images 512 --batch 32 --workers 8 \
+    --writers 8 2>&1
 tar czf "$out/json.tgz" -C "$out" json && rm -r "$out/json"
