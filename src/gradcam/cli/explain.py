@@ -34,7 +34,6 @@ from ..jobs.explain import (
 )  # fmt: skip
 from ..methods import METHODS
 from ..models import LoadedModel
-from ..tasks import TASKS
 from ._common import (
     CLIError,
     RunError,
@@ -45,6 +44,7 @@ from ._common import (
     parse_targets,
     resolve_device,
 )
+from .targets import TASKS
 
 COMMAND = "explain"
 HELP = "explain the predictions of a model on image files, folders or globs"

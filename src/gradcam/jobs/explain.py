@@ -98,7 +98,7 @@ def _layer_name(model: nn.Module, requested: str | None) -> str | None:
     prefix), or None: the explainers' automatic choice, :func:`gradcam.layers.auto_layer` (the same
     function as the API's and ``gradcam layers``': token blocks re-indexed to their grid, a detector's
     backbone cut to the image, a dense model's backbone)."""
-    from ..tasks import DetectorAdapter
+    from ..targets import DetectorAdapter
 
     if requested is not None and isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
         names = {name for name, _ in model.detector.named_modules()}

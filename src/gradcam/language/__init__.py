@@ -37,7 +37,7 @@ from .models import (
     normalize_images,
 )
 from .scenes import HELDOUT_SEED, Scene, SceneDataset, SceneObject, make_scene, render_scene
-from .targets import AnswerTarget, CaptionTarget, WordTarget, logits_of
+from .targets import AnswerTarget, CaptionTarget, WordTarget
 
 
 def scene_tensor(index: int, seed: int = HELDOUT_SEED) -> torch.Tensor:
@@ -75,7 +75,6 @@ __all__ = [
     "load_captioner",
     "load_hf",
     "load_vqa",
-    "logits_of",
     "make_scene",
     "render_scene",
     "scene_tensor",
