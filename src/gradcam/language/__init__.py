@@ -46,7 +46,7 @@ def scene_tensor(index: int, seed: int = HELDOUT_SEED) -> torch.Tensor:
 
 
 def __getattr__(name: str):
-    if name in ("HFCaptioner", "HFQuestionAnswerer", "TokenGrid", "load_hf"):
+    if name in ("HFCaptioner", "HFQuestionAnswerer", "load_hf"):
         from . import hf
 
         return getattr(hf, name)
@@ -66,7 +66,6 @@ __all__ = [
     "SceneDataset",
     "SceneObject",
     "SceneVQA",
-    "TokenGrid",
     "WordTarget",
     "answer_index",
     "caption_tokens",
