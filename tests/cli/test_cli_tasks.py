@@ -19,9 +19,10 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 import gradcam
+from gradcam.batch.inputs import prepare_image
+from gradcam.batch.outputs import BOX_COLOR, CONTOUR_COLOR
 from gradcam.cli import main
 from gradcam.imaging.io import load_image
-from gradcam.jobs.explain import BOX_COLOR, CONTOUR_COLOR, prepare_image
 from gradcam.models import load_model
 from gradcam.targets import DetectionScore, EmbeddingSimilarity, SegmentationScore
 from tolerances import assert_close, cam_magnitude, heatmap_atol, iou_rtol, layer_output, sum_atol, unit_roundoff
