@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED=1
     nproc
 }
 python3 -m pytest -q -p no:cacheprovider tests/core tests/contract tests/models tests/cli tests/imaging \
-    tests/jobs/test_jobs_cuda.py tests/evaluation/test_eval_cuda.py 2>&1 \
+    tests/batch/test_batch_cuda.py tests/evaluation/test_eval_cuda.py 2>&1 \
     | tail -n 15
 python3 benchmarks/run.py --device cuda --memory --rounds 20 --warmup 3 \
     --contenders forward,gradcam,gradcam-all-classes,captum,torchcam,pytorch-grad-cam,gradcam-compiled \

@@ -181,7 +181,7 @@ def auto_layer(
     One probe forward pass (no grad; image 0 of ``x`` twice, so a layer whose axis 0 is not the batch
     shows) lists every module's output; then, in order:
 
-    1. a :class:`~gradcam.tasks.DetectorAdapter`: its ``default_layer``, cut to the image by ``crop_padding``;
+    1. a :class:`~gradcam.targets.DetectorAdapter`: its ``default_layer``, cut to the image by ``crop_padding``;
     2. transformer blocks whose tokens (B, N, C) or channels-last grids (B, h, w, C) come after every
        (B, K, u, v) map (ViT, DeiT, DINOv2, BEiT, EVA, CLIP's vision tower, Swin v1/v2): the pre-attention
        LayerNorm of the last block (``norm1``, ``ln_1``, ``layernorm_before``, ``layer_norm1``) -- the last
@@ -307,15 +307,15 @@ def _is_bare_detector(model: nn.Module) -> bool:
 
 
 def _detector_choice(model: nn.Module) -> LayerChoice | None:
-    from .tasks import DetectorAdapter
+    from .targets import DetectorAdapter
 
     if isinstance(model, DetectorAdapter):
         return LayerChoice(model.default_layer, model.crop_padding, "detector adapter")
     if _is_bare_detector(model):
         raise InputError(
             f"{type(model).__name__} is a torchvision detector: it takes a list of 3-D images and returns "
-            "detections, not a (B, C, H, W) batch -> scores; wrap it: gradcam.tasks.DetectorAdapter(model), and "
-            "explain a gradcam.tasks.DetectionScore target"
+            "detections, not a (B, C, H, W) batch -> scores; wrap it: gradcam.targets.DetectorAdapter(model), and "
+            "explain a gradcam.targets.DetectionScore target"
         )
     return None
 
@@ -374,7 +374,7 @@ def _forward_hint(model: nn.Module, x: torch.Tensor, text: str) -> str:
     if (first is not None and first not in _IMAGE_ARGS) or "input_ids" in text:
         return (
             f"the model's first argument is {first!r}, not the image: wrap it, e.g. "
-            "gradcam.tasks.KeywordImageInput(model) (the image passed as pixel_values=), and give its other inputs as "
-            "forward_kwargs={'input_ids': ...}"
+            "gradcam.targets.KeywordImageInput(model) (the image passed as pixel_values=), and give its other inputs "
+            "as forward_kwargs={'input_ids': ...}"
         )
     return ""

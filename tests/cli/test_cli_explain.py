@@ -13,10 +13,10 @@ from PIL import Image
 
 import gradcam
 from gradcam.assets import sample_annotations, sample_path
+from gradcam.batch.inputs import prepare_image
 from gradcam.cli import main
 from gradcam.imaging.draw import colormap
 from gradcam.imaging.io import load_image
-from gradcam.jobs.explain import prepare_image
 from gradcam.models import load_model
 from tolerances import cam_magnitude, heatmap_atol, layer_output, sum_atol
 
@@ -268,7 +268,7 @@ def test_parallel_decoding_and_writing_give_the_same_outputs(tmp_path, capsys):
     written = sorted((tmp_path / "serial").rglob("*.npy"))
     assert len(written) == 6  # 3 images x (heatmap, raw)
     # with workers the job runs its explanations with other thread settings (bitwise equal at 1 torch thread,
-    # 6e-7 apart at 2): Lite0's bound, as in tests/jobs (45 layers, 1280-term sums, forward and back, alpha and
+    # 6e-7 apart at 2): Lite0's bound, as in tests/batch (45 layers, 1280-term sums, forward and back, alpha and
     # the channel sum), on each image's raw map; the heatmaps from its upsampled span and the resize's taps
     loaded = load_model()
     items = json.loads((tmp_path / "serial" / "manifest.json").read_text())["items"]

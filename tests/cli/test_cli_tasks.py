@@ -19,11 +19,12 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 import gradcam
+from gradcam.batch.inputs import prepare_image
+from gradcam.batch.outputs import BOX_COLOR, CONTOUR_COLOR
 from gradcam.cli import main
 from gradcam.imaging.io import load_image
-from gradcam.jobs.explain import BOX_COLOR, CONTOUR_COLOR, prepare_image
 from gradcam.models import load_model
-from gradcam.tasks import DetectionScore, EmbeddingSimilarity, SegmentationScore
+from gradcam.targets import DetectionScore, EmbeddingSimilarity, SegmentationScore
 from tolerances import assert_close, cam_magnitude, heatmap_atol, iou_rtol, layer_output, sum_atol, unit_roundoff
 
 FAST = ["--quiet", "--workers", "0", "--writers", "0", "--method", "gradcam"]
@@ -445,7 +446,7 @@ def test_probability_task_equals_the_library(tmp_path, capsys):
     # the same logits through a softmax over 1000 classes (its sum of exps in any order: gamma_1000 twice)
     softmax_rtol = sum_atol(1000, 1.0) + 4 * unit_roundoff()
     assert output["target"] == 967 and output["score"] == pytest.approx(float(probabilities[967]), rel=softmax_rtol)
-    e = gradcam.GradCAM(loaded.model, "bn2")(x[None], gradcam.tasks.ClassScore(967, kind="probability"))
+    e = gradcam.GradCAM(loaded.model, "bn2")(x[None], gradcam.targets.ClassScore(967, kind="probability"))
     np.testing.assert_array_equal(np.load(output["heatmap"]), expected_heatmap(e, geometry))  # the same explainer
 
 

@@ -16,7 +16,7 @@ from gradcam.capture import model_guard
 from gradcam.cli import main
 from gradcam.layers import auto_layer, in_attention
 from gradcam.reshape import TokenGrid
-from gradcam.tasks import DetectorAdapter, SegmentationScore
+from gradcam.targets import DetectorAdapter, SegmentationScore
 from models.zoo_support import assert_raw_matches, reference_raw
 
 

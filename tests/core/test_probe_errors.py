@@ -12,7 +12,7 @@ from torch import nn
 
 import gradcam
 from gradcam.reshape import TokenGrid
-from gradcam.tasks import KeywordImageInput
+from gradcam.targets import KeywordImageInput
 
 
 def test_a_1x1_layer_is_an_error_that_names_the_automatic_choice(gap_net):

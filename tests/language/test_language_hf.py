@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from gradcam import GradCAM
 from gradcam.language.explain import explain_answer, explain_caption
-from gradcam.language.hf import HFCaptioner, HFQuestionAnswerer, TokenGrid, require_transformers
+from gradcam.language.hf import HFCaptioner, HFQuestionAnswerer, require_transformers
 from gradcam.language.targets import WordTarget
+from gradcam.reshape import TokenGrid
 from tolerances import assert_close, cam_magnitude, gamma, sum_atol, unit_roundoff
 
 transformers = pytest.importorskip("transformers")
@@ -55,9 +56,10 @@ def vilt() -> HFQuestionAnswerer:
     return HFQuestionAnswerer(transformers.ViltForQuestionAnswering(config).eval())
 
 
-def test_token_grid_drops_the_class_token_and_keeps_row_major_order() -> None:
+def test_token_grid_drops_the_class_token_and_keeps_row_major_order(blip: HFCaptioner) -> None:
+    assert blip.reshape == TokenGrid("tokens", blip.reshape.grid, 1)  # the library's one TokenGrid, class token dropped
     tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # 1 class token + 2 x 2 patches
-    grid = TokenGrid((2, 2))(tokens)
+    grid = TokenGrid("tokens", (2, 2), 1)(tokens)
     assert grid.shape == (2, 3, 2, 2)
     assert torch.equal(grid[0, :, 0, 1], tokens[0, 2])  # patch 1 = row 0, column 1
     assert torch.equal(grid[1, :, 1, 0], tokens[1, 3])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from gradcam import GradCAM, GuidedGradCAM, TargetError
 from gradcam.language.models import SceneCaptioner, normalize_images
 from gradcam.language.scenes import SceneDataset
-from gradcam.language.targets import AnswerTarget, CaptionTarget, WordTarget, logits_of
+from gradcam.language.targets import AnswerTarget, CaptionTarget, WordTarget
 from tolerances import assert_close, cam_magnitude, gamma, sum_atol, unit_roundoff
 
 
@@ -57,8 +57,8 @@ def test_word_target_errors_name_the_problem() -> None:
         WordTarget(torch.tensor([[1, 2]]), 1)(torch.zeros(1, 4))
     with pytest.raises(TargetError, match="needs a model output with 'tokens'"):
         WordTarget(None, 1)(logits)
-    with pytest.raises(TargetError, match="has no logits"):
-        logits_of(["not", "logits"])
+    with pytest.raises(TargetError, match=r"the captioning model output has none of \['logits'\]: it is a list"):
+        WordTarget(torch.tensor([[1, 2]]), 1)(["not", "logits"])
 
 
 def test_answer_target_values_and_errors() -> None:

@@ -133,7 +133,7 @@ def _tv_dense(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
 
-        from gradcam.tasks import DetectorAdapter
+        from gradcam.targets import DetectorAdapter
 
         model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
         return DetectorAdapter(model) if hasattr(model, "transform") else model
@@ -391,7 +391,7 @@ def check(entry: Entry, seed: int = 0) -> Result:
     """Build ``entry`` (random weights), explain it in float64 with no layer, and compare the raw map with
     :func:`reference_raw` at the chosen layer; raises AssertionError on a wrong layer or a wrong map."""
     import gradcam
-    from gradcam.tasks import DetectorAdapter
+    from gradcam.targets import DetectorAdapter
 
     start = time.perf_counter()
     result = Result(entry)

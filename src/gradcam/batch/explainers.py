@@ -14,21 +14,31 @@ from ..imaging.geometry import (
 )
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer
-from ..targets import TopK
+from ..targets import DetectorAdapter, TopK
 from .settings import ExplainSettings
 from .targets import ItemTargets, TaskRunner, class_name
 
 
 def as_detector(model: nn.Module) -> nn.Module:
     """A torchvision detection model wrapped in :class:`DetectorAdapter` (other models unchanged)."""
-    from ..tasks import DetectorAdapter
-
     if isinstance(model, DetectorAdapter):
         return model
     transform = getattr(model, "transform", None)
     if type(transform).__name__ == "GeneralizedRCNNTransform" and isinstance(transform, nn.Module):
         return DetectorAdapter(model)
     return model
+
+
+def _layer_name(model: nn.Module, requested: str | None) -> str | None:
+    """The layer to explain: the request (detector layers may omit the adapter's ``detector.``
+    prefix), or None: the explainers' automatic choice, :func:`gradcam.layers.auto_layer` (the same
+    function as the API's and ``gradcam layers``': token blocks re-indexed to their grid, a detector's
+    backbone cut to the image, a dense model's backbone)."""
+    if requested is not None and isinstance(model, DetectorAdapter) and not requested.startswith("detector."):
+        names = {name for name, _ in model.detector.named_modules()}
+        if requested in names:
+            return f"detector.{requested}"
+    return requested
 
 
 class _Explainers:
@@ -39,8 +49,6 @@ class _Explainers:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
         self.model = model
-        from ..jobs.explain import _layer_name  # the layer choice stays there (its own change)
-
         self.requested = _layer_name(model, layer)
         self.methods = tuple(methods)
         self.by_name: dict[str, Explainer] = {}
@@ -49,8 +57,6 @@ class _Explainers:
         """Build every method: detector backbones get ``crop_padding`` (the padded border is cut off),
         other layers ``reshape="auto"``: token layers (ViT, Swin, CLIP) get the grid read from the first
         call's activations (no extra forward pass: one batch-1 forward of Lite0 is ~24 ms per job)."""
-        from ..tasks import DetectorAdapter
-
         reshape: Any = None
         if isinstance(self.model, DetectorAdapter):
             if self.requested is not None and self.requested.startswith("detector.backbone"):

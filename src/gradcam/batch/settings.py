@@ -17,7 +17,7 @@ DEFAULT_TASK = {"classification": "class", "detection": "detection", "segmentati
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Which scalar to explain (see :data:`gradcam.tasks.TASKS`) and its parameters.
+    """Which scalar to explain (see :data:`gradcam.cli.targets.TASKS`) and its parameters.
 
     ``name``: ``class`` (logit; classes from ``ExplainSettings.targets`` / ``top_k``), ``probability``,
     ``log-probability``, ``sigmoid``, ``segmentation`` (``category`` required; region: ``mask``, an

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import box_iou
 
 from ..capture import model_guard
 from ..errors import TargetError
@@ -18,6 +19,9 @@ from ..imaging.geometry import (
     Geometry,
 )
 from ..models import LoadedModel
+from ..targets import match_detections, select_output
+from ..targets.dense import SEGMENTATION_KEYS, _detections
+from ..targets.embedding import _embedding
 from .settings import CLASS_TASKS, ExplainSettings, TaskOptions
 
 
@@ -74,7 +78,7 @@ class TaskRunner:
     """
 
     def __init__(self, options: TaskOptions, loaded: LoadedModel, model: nn.Module, show_top: int) -> None:
-        from ..tasks import TASKS
+        from ..cli.targets import TASKS
 
         if options.name not in TASKS:
             raise TargetError(f"unknown task {options.name!r}; available: {', '.join(TASKS)}")
@@ -108,7 +112,7 @@ class TaskRunner:
 
     @staticmethod
     def _reference(options: TaskOptions, loaded: LoadedModel) -> tuple[torch.Tensor, list[str]]:
-        from ..tasks import _load_tensor
+        from ..cli.targets import load_tensor
 
         if options.texts and options.embedding is not None:
             raise TargetError("give --text or --embedding as the reference, not both")
@@ -124,7 +128,7 @@ class TaskRunner:
             return reference, [f"'{text}'" for text in options.texts]
         if options.embedding is None:
             raise TargetError("--task similarity needs a reference: --embedding FILE.npy (or --text for CLIP models)")
-        reference = _load_tensor(options.embedding, "--embedding").detach().float()
+        reference = load_tensor(options.embedding, "--embedding").detach().float()
         if reference.dim() == 2 and len(reference) == 1:
             reference = reference[0]
         if reference.dim() not in (1, 2) or reference.shape[-1] == 0:
@@ -155,9 +159,9 @@ class TaskRunner:
         return self._similarity(output, x)
 
     def _classes(self, output: Any, x: torch.Tensor, settings: ExplainSettings):
-        from ..tasks import pick, target_from_options
+        from ..cli.targets import target_from_options
 
-        logits = pick(output).detach().float()
+        logits = select_output(output).detach().float()
         if logits.dim() != 2:
             raise TargetError(
                 f"--task {self.options.name} needs (B, classes) scores; the model gives {tuple(logits.shape)}"
@@ -182,9 +186,9 @@ class TaskRunner:
         return target, list(range(len(logits))), [], items
 
     def _segmentation(self, output: Any, x: torch.Tensor, geometries: Sequence[Geometry]):
-        from ..tasks import SEGMENTATION_KEYS, pick, target_from_options
+        from ..cli.targets import target_from_options
 
-        logits = pick(output, None, SEGMENTATION_KEYS).detach()
+        logits = select_output(output, None, SEGMENTATION_KEYS).detach()
         if logits.dim() != 4:
             raise TargetError(
                 f"--task segmentation needs (B, classes, H, W) scores; the model gives {tuple(logits.shape)}"
@@ -229,7 +233,7 @@ class TaskRunner:
         return target, keep, failures, items
 
     def _detection(self, output: Any, x: torch.Tensor, geometries: Sequence[Geometry]):
-        from ..tasks import _detections, box_iou_pairs, match_detections, target_from_options
+        from ..cli.targets import target_from_options
 
         detections = _detections(output, None, len(x))
         options = self.options
@@ -239,7 +243,7 @@ class TaskRunner:
             if options.box is not None:
                 reference = geometry.box_from_original(options.box)
                 boxes = found["boxes"].detach().float()
-                overlap = box_iou_pairs(boxes, torch.tensor(reference, device=boxes.device).expand_as(boxes))
+                overlap = box_iou(boxes, torch.tensor([reference], device=boxes.device))[:, 0]
                 best = float(overlap.max()) if count else 0.0
                 if count == 0 or best < options.iou_threshold:
                     failures.append((b, f"--box {list(options.box)} matches no detection with IoU >= "
@@ -293,7 +297,7 @@ class TaskRunner:
         return target, keep, failures, items
 
     def _similarity(self, output: Any, x: torch.Tensor):
-        from ..tasks import _embedding, target_from_options
+        from ..cli.targets import target_from_options
 
         embedding = _embedding(output, None).detach().float()
         reference = self.reference

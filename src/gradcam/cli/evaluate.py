@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
     def report(line: str) -> None:
         print(f"gradcam evaluate: {line}", file=sys.stderr)
 
+    from ..batch.distributed import distributed_rank
     from ..errors import GradCAMError
-    from ..jobs.distributed import distributed_rank
 
     out = Path(args.out)
     try:

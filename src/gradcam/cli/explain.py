@@ -16,25 +16,24 @@ from pathlib import Path
 from typing import TextIO
 
 from ..assets import sample_names, sample_path
-from ..imaging.draw import available_colormaps
-from ..imaging.io import IMAGE_EXTENSIONS, find_images
-from ..jobs import ExplainSettings, explain_files
-from ..jobs.explain import (
+from ..batch.distributed import distributed_rank
+from ..batch.explainers import as_detector
+from ..batch.loop import default_pipeline, explain_files
+from ..batch.settings import (
     CLASS_TASKS,
     DEFAULT_OUTPUTS,
     DEFAULT_TASK,
     JPEG_QUALITY,
     OUTPUT_KINDS,
     PICTURE_FORMATS,
+    ExplainSettings,
     TaskOptions,
-    as_detector,
-    default_pipeline,
-    distributed_rank,
     valid_outputs,
-)  # fmt: skip
+)
+from ..imaging.draw import available_colormaps
+from ..imaging.io import IMAGE_EXTENSIONS, find_images
 from ..methods import METHODS
 from ..models import LoadedModel
-from ..tasks import TASKS
 from ._common import (
     CLIError,
     RunError,
@@ -45,6 +44,7 @@ from ._common import (
     parse_targets,
     resolve_device,
 )
+from .targets import TASKS
 
 COMMAND = "explain"
 HELP = "explain the predictions of a model on image files, folders or globs"

@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
+from ..batch.distributed import all_gather, distributed_rank, rank_device
 from ..capture import model_guard
 from ..errors import GradCAMError
 from ..imaging.geometry import Geometry, preprocess_batch
-from ..jobs.distributed import all_gather, distributed_rank, rank_device
 from ..models import LoadedModel
 from ..targets import select_output
 from .datasets import AnnotatedImage

@@ -37,7 +37,7 @@ from .models import (
     normalize_images,
 )
 from .scenes import HELDOUT_SEED, Scene, SceneDataset, SceneObject, make_scene, render_scene
-from .targets import AnswerTarget, CaptionTarget, WordTarget, logits_of
+from .targets import AnswerTarget, CaptionTarget, WordTarget
 
 
 def scene_tensor(index: int, seed: int = HELDOUT_SEED) -> torch.Tensor:
@@ -46,7 +46,7 @@ def scene_tensor(index: int, seed: int = HELDOUT_SEED) -> torch.Tensor:
 
 
 def __getattr__(name: str):
-    if name in ("HFCaptioner", "HFQuestionAnswerer", "TokenGrid", "load_hf"):
+    if name in ("HFCaptioner", "HFQuestionAnswerer", "load_hf"):
         from . import hf
 
         return getattr(hf, name)
@@ -66,7 +66,6 @@ __all__ = [
     "SceneDataset",
     "SceneObject",
     "SceneVQA",
-    "TokenGrid",
     "WordTarget",
     "answer_index",
     "caption_tokens",
@@ -75,7 +74,6 @@ __all__ = [
     "load_captioner",
     "load_hf",
     "load_vqa",
-    "logits_of",
     "make_scene",
     "render_scene",
     "scene_tensor",

@@ -7,7 +7,7 @@ small protocol of :mod:`gradcam.language.explain`:
 - :class:`HFCaptioner` for BLIP-style captioning (``BlipForConditionalGeneration``) and
   ``VisionEncoderDecoderModel`` (ViT + GPT-2 and the like). The explained layer is the vision
   transformer's last block; its (B, 1 + h*w, D) tokens become a (B, D, h, w) grid through
-  :class:`TokenGrid` (the class token is dropped).
+  :class:`gradcam.reshape.TokenGrid` (the class token is dropped).
 - :class:`HFQuestionAnswerer` for ViLT-style VQA (``ViltForQuestionAnswering``). ViLT shuffles the
   image patches before its transformer (``visual_embed`` samples them), so the only layer that is still a
   spatial grid is the patch embedding ``vilt.embeddings.patch_embeddings`` (B, D, h, w): the default.
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, LayerError
+from ..reshape import TokenGrid
 
 HF_HINT = 'Hugging Face models need the transformers package: pip install "gradcam[hf]"'
 
@@ -36,29 +37,6 @@ def require_transformers() -> Any:
     except ImportError as error:
         raise ImportError(HF_HINT) from error
     return transformers
-
-
-class TokenGrid:
-    """``reshape`` for vision-transformer layers: (B, prefix + h*w, D) tokens -> (B, D, h, w).
-
-    ``prefix`` tokens (the class token, registers) are dropped; the next ``h * w`` tokens are the
-    patches in row-major order.
-    """
-
-    def __init__(self, grid: tuple[int, int], prefix: int = 1) -> None:
-        self.grid, self.prefix = (int(grid[0]), int(grid[1])), int(prefix)
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
-        if tokens.dim() != 3 or tokens.shape[1] < self.prefix + h * w:
-            raise LayerError(
-                f"expected (B, {self.prefix} + {h}*{w}, D) transformer tokens; got shape {tuple(tokens.shape)}"
-            )
-        patches = tokens[:, self.prefix : self.prefix + h * w]
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
-
-    def __repr__(self) -> str:
-        return f"TokenGrid(grid={self.grid}, prefix={self.prefix})"
 
 
 def _grid_of(vision_config: Any) -> tuple[int, int]:
@@ -112,7 +90,7 @@ class HFCaptioner(nn.Module):
             default_layer, grid, default_bos, default_eos = layer, None, bos_id, eos_id
             self._text_key, self._mask_key = "input_ids", "attention_mask"
         self.layer = layer or default_layer
-        self.reshape = reshape if reshape is not None else (TokenGrid(grid) if grid is not None else None)
+        self.reshape = reshape if reshape is not None else (TokenGrid("tokens", grid, 1) if grid is not None else None)
         self.bos_id = default_bos if bos_id is None else bos_id
         self.eos_id = default_eos if eos_id is None else eos_id
         if self.bos_id is None or self.eos_id is None:

@@ -20,18 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TargetError
-
-
-def logits_of(output: Any, what: str = "model output") -> torch.Tensor:
-    """The logits in a model output: a tensor, a mapping / ``ModelOutput`` with ``logits``, or ``.logits``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise TargetError(f"the {what} has no logits: got {type(output).__name__}; expected a tensor or .logits")
+from ..targets import select_output
 
 
 def _positions(positions: int | Sequence[int] | torch.Tensor) -> tuple[list[int], bool]:
@@ -87,7 +76,7 @@ class WordTarget:
         return tokens.to(device).expand(batch, -1)
 
     def __call__(self, output: Any) -> torch.Tensor:
-        logits = logits_of(output, "captioning model output")
+        logits = select_output(output, what="captioning model output")
         if logits.dim() != 3:
             raise TargetError(f"word targets need (B, L, vocab) logits; got shape {tuple(logits.shape)}")
         tokens = self._sequence(output, logits.shape[0], logits.device)
@@ -136,7 +125,7 @@ class AnswerTarget:
         self.log_prob = log_prob
 
     def __call__(self, output: Any) -> torch.Tensor:
-        logits = logits_of(output, "VQA model output")
+        logits = select_output(output, what="VQA model output")
         if logits.dim() != 2:
             raise TargetError(f"answer targets need (B, answers) logits; got shape {tuple(logits.shape)}")
         answer = self.answer.to(logits.device).expand(logits.shape[0]) if self.answer.numel() == 1 else self.answer

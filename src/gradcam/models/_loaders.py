@@ -89,7 +89,7 @@ class LoadedModel:
     """A ready-to-use model: the module (eval mode), how to preprocess for it, and its labels.
 
     ``task`` says what the output is (:data:`MODEL_TASKS`): ``classification`` (B, classes) scores;
-    ``detection`` a torchvision detector wrapped in :class:`gradcam.tasks.DetectorAdapter` (a list of
+    ``detection`` a torchvision detector wrapped in :class:`gradcam.targets.DetectorAdapter` (a list of
     B dicts of boxes, scores, labels); ``segmentation`` ``{"out": (B, classes, H, W)}``; ``embedding``
     a (B, D) image embedding. ``text_encoder`` (image-text models) embeds prompts: ``texts -> (k, D)``.
     """
@@ -591,9 +591,9 @@ def _load_torchvision_dense(
 ) -> LoadedModel:
     """A torchvision detection or segmentation model, built like :func:`_load_torchvision` (never
     downloading: weights from ``weights`` or the hub cache). Detectors come wrapped in
-    :class:`gradcam.tasks.DetectorAdapter`, so the model takes a (B, 3, H, W) batch in [0, 1]."""
+    :class:`gradcam.targets.DetectorAdapter`, so the model takes a (B, 3, H, W) batch in [0, 1]."""
 
-    from gradcam.tasks import DetectorAdapter
+    from gradcam.targets import DetectorAdapter
 
     builder, weights_enum, state, categories, model = _build_pretrained_locally(name, weights)
     if model is None:
@@ -913,7 +913,7 @@ def _load_hf(spec: str, folder: Path, weights: str | Path | None, device: str | 
         import transformers
     except ImportError as exc:
         raise ModelLoadError(f'{spec} needs transformers, an optional extra: pip install "gradcam[hf]"') from exc
-    from gradcam.tasks import KeywordImageInput, text_embedding
+    from gradcam.targets import KeywordImageInput, text_embedding
 
     if not (folder / "config.json").is_file():
         raise ModelLoadError(

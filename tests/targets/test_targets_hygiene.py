@@ -17,7 +17,7 @@ import gradcam
 from conftest import GapNet, block_image
 from contract.test_hygiene import assert_same_state, snapshot
 from gradcam.reshape import TokenGrid, auto_reshape, token_layer
-from gradcam.tasks import (
+from gradcam.targets import (
     ClassScore,
     DetectionScore,
     DetectorAdapter,
@@ -28,7 +28,7 @@ from gradcam.tasks import (
     Stack,
     WeightedClasses,
 )
-from tasks.tasks_support import (
+from targets.targets_support import (
     HandDetector,
     HandSegmenter,
     TinyCaptioner,

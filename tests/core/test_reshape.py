@@ -20,7 +20,7 @@ from gradcam.reshape import (
     token_layer,
     tokens_to_grid,
 )
-from tasks.tasks_support import one_thread  # noqa: F401  (autouse fixture)
+from targets.targets_support import one_thread  # noqa: F401  (autouse fixture)
 
 
 def coded_tokens(batch: int, rows: int, cols: int, channels: int, prefix: int) -> torch.Tensor:

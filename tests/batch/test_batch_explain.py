@@ -1,4 +1,4 @@
-"""Tests for gradcam.jobs.explain's batch machinery: threaded decoding and maps on original pixels."""
+"""Tests for gradcam.batch's batch machinery: threaded decoding and maps on original pixels."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 from gradcam.batch import loop, outputs
+from gradcam.batch.inputs import ImageFiles, decoded_batches, prepare_image, same_size_groups
+from gradcam.batch.loop import default_pipeline, explain_files
+from gradcam.batch.outputs import heatmap_from_raw, maps_to_originals
+from gradcam.batch.settings import DEFAULT_OUTPUTS, ExplainSettings, JobSummary
 from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normalize_pixels, preprocess
 from gradcam.imaging.io import load_image
-from gradcam.jobs import explain as jobs
-from gradcam.jobs.explain import ImageFiles, decoded_batches, maps_to_originals, prepare_image
 from gradcam.models._loaders import WholeImagePreprocess
 from tolerances import assert_close, cam_magnitude, heatmap_atol, layer_output, sum_atol
 
@@ -61,7 +63,7 @@ def test_batches_carry_uint8_crops_that_normalise_to_the_model_inputs_bit_for_bi
     assert all(torch.equal(prepare_image(load_image(p), config)[0], expected[i][0]) for i, p in enumerate(paths[:5]))
     seen = 0
     for batch in decoded_batches(ImageFiles(paths, config), 3, workers=0, threads=2, pin_memory=False):
-        for positions, pixels in jobs.same_size_groups(batch):
+        for positions, pixels in same_size_groups(batch):
             assert pixels.dtype == torch.uint8
             x = normalize_pixels(pixels, config)
             for row, position in enumerate(positions):
@@ -98,8 +100,8 @@ def test_maps_to_originals_equal_each_rows_own_geometry(monkeypatch: pytest.Monk
 
 def test_settings_refuse_an_unknown_picture_format_and_key_a_jpeg_choice() -> None:
     with pytest.raises(ValueError, match="picture_format must be one of png, jpg; got 'gif'"):
-        jobs.ExplainSettings(picture_format="gif")
-    png, jpg = jobs.ExplainSettings(), jobs.ExplainSettings(picture_format="jpg")
+        ExplainSettings(picture_format="gif")
+    png, jpg = ExplainSettings(), ExplainSettings(picture_format="jpg")
     assert "picture_format" not in png.key("m", None)  # outputs of older versions stay reusable
     assert jpg.key("m", None)["picture_format"] == "jpg"
 
@@ -110,14 +112,14 @@ def test_an_empty_or_torn_done_marker_is_redone(tmp_path: Path) -> None:
 
     paths = _folder(tmp_path)[:2]
     loaded = load_model()
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
+    settings = ExplainSettings(methods=("gradcam",), outputs=("heatmap",))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-    first = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    first = explain_files(paths, loaded, settings, tmp_path / "out", **run)
     assert first.done == 2
     markers = sorted((tmp_path / "out").rglob("item.json"))
     markers[0].write_text("")
     markers[1].write_text('{"input": ')
-    again = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    again = explain_files(paths, loaded, settings, tmp_path / "out", **run)
     assert (again.done, again.skipped) == (2, 0)
     assert all(json.loads(m.read_text())["outputs"] for m in markers)
 
@@ -134,7 +136,7 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
 
     paths = _folder(tmp_path)[:5]
     out = tmp_path / "out"
-    settings = jobs.ExplainSettings(methods=("gradcam", "counterfactual"), outputs=("heatmap", "raw", "overlay"))
+    settings = ExplainSettings(methods=("gradcam", "counterfactual"), outputs=("heatmap", "raw", "overlay"))
     fsynced: set[int] = set()  # inodes
     marked: list[Path] = []
     real_fsync, real_write_json = os.fsync, outputs.write_json_atomic
@@ -155,7 +157,7 @@ def test_an_item_is_marked_done_only_after_its_outputs_are_on_the_disk(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(outputs, "write_json_atomic", write_json)
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
-    summary = jobs.explain_files(paths, load_model(), settings, out, **run)
+    summary = explain_files(paths, load_model(), settings, out, **run)
     assert summary.done == 5 and len(marked) == 5
     written = {p for p in out.rglob("*") if p.is_file() and p.name not in ("item.json", "manifest.json")}
     assert len(written) == 5 * 2 * 3  # 5 images x 2 methods x (heatmap, raw, overlay)
@@ -171,13 +173,13 @@ def test_a_class_job_runs_the_model_once_per_batch(tmp_path: Path) -> None:
     assert forwards == [2, 2, 1]
 
 
-def _raw_job_seen_by(loaded, tmp_path: Path, hook) -> jobs.JobSummary:
+def _raw_job_seen_by(loaded, tmp_path: Path, hook) -> JobSummary:
     """A Grad-CAM job writing raw maps of 5 images in batches of 2 on the CPU, ``hook`` seeing each forward."""
     handle = loaded.model.register_forward_pre_hook(hook)
     try:
-        settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
+        settings = ExplainSettings(methods=("gradcam",), outputs=("raw",))
         run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-        return jobs.explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
+        return explain_files(_folder(tmp_path)[:5], loaded, settings, tmp_path / "out", **run)
     finally:
         handle.remove()
 
@@ -254,15 +256,15 @@ def test_a_batch_is_shared_among_the_writers_in_order() -> None:
 
 
 def test_default_pipeline_stays_in_process_on_the_cpu_and_scales_on_an_accelerator(monkeypatch) -> None:
-    assert jobs.default_pipeline(torch.device("cpu"), 1000) == (0, 0)
+    assert default_pipeline(torch.device("cpu"), 1000) == (0, 0)
     monkeypatch.setattr(loop.os, "cpu_count", lambda: 16)
-    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (13, 2)  # the main process and 2 writers keep 3
-    assert jobs.default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
+    assert default_pipeline(torch.device("cuda"), 1000) == (13, 2)  # the main process and 2 writers keep 3
+    assert default_pipeline(torch.device("cuda"), 3) == (2, 2)  # no more decoders than files - 1
     monkeypatch.setattr(loop.os, "cpu_count", lambda: 128)
-    assert jobs.default_pipeline(torch.device("cuda"), 1000) == (16, 2)
+    assert default_pipeline(torch.device("cuda"), 1000) == (16, 2)
     for cores in (None, 1, 2, 4):
         monkeypatch.setattr(loop.os, "cpu_count", lambda cores=cores: cores)
-        assert jobs.default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
+        assert default_pipeline(torch.device("cuda"), 1000) == (max(1, (cores or 1) - 3), 2)
 
 
 @pytest.mark.parametrize("writers", [0, 2])
@@ -279,9 +281,9 @@ def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(
     paths = _folder(tmp_path)[:3]  # three sizes: landscape, portrait, landscape
     loaded = load_model()
     methods = ("gradcam", "counterfactual", "guided-backprop")
-    settings = jobs.ExplainSettings(methods=methods, outputs=("raw", "heatmap"))
+    settings = ExplainSettings(methods=methods, outputs=("raw", "heatmap"))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": writers, "progress": False}
-    summary = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **run)
+    summary = explain_files(paths, loaded, settings, tmp_path / "out", **run)
     assert summary.done == 3
     gradcam = create_explainer("gradcam", loaded.model, loaded.default_layer)
     for path, item in zip(paths, summary.items):
@@ -298,7 +300,7 @@ def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(
         torch.testing.assert_close(raw, direct.raw[0], rtol=0, atol=sum_atol(1280, magnitude, depth=92))
         assert abs(float(raw.max()) - 1.0) > 0.01  # not min-max normalised: the absolute magnitude is kept
         for method in ("gradcam", "counterfactual"):
-            rebuilt = jobs.heatmap_from_raw(torch.from_numpy(np.load(by_method[method]["raw"])), geometry)
+            rebuilt = heatmap_from_raw(torch.from_numpy(np.load(by_method[method]["raw"])), geometry)
             written = torch.from_numpy(np.load(by_method[method]["heatmap"]))
             assert rebuilt.shape == written.shape == (geometry.original_size[1], geometry.original_size[0])
             # the same raw map through the same upsampling (2 x 2 bilinear taps), normalisation and resize to the
@@ -310,7 +312,7 @@ def test_raw_output_is_the_explanations_raw_map_and_rebuilds_the_heatmap(
         gradients = np.load(by_method["guided-backprop"]["raw"])
         assert gradients.shape == (3, 224, 224) and np.abs(gradients).max() > 0
     with pytest.raises(ValueError, match="one \\(u, v\\) class-activation map"):
-        jobs.heatmap_from_raw(torch.zeros(3, 224, 224), geometry)
+        heatmap_from_raw(torch.zeros(3, 224, 224), geometry)
 
 
 def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,9 +322,9 @@ def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: 
     calls = []
     real = outputs.maps_to_originals
     monkeypatch.setattr(outputs, "maps_to_originals", lambda *a: calls.append(1) or real(*a))
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
+    settings = ExplainSettings(methods=("gradcam",), outputs=("raw",))
     run = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
-    summary = jobs.explain_files(paths, load_model(), settings, tmp_path / "out", **run)
+    summary = explain_files(paths, load_model(), settings, tmp_path / "out", **run)
     assert summary.done == 2 and calls == []
     for item in summary.items:
         (output,) = item["outputs"]
@@ -333,9 +335,9 @@ def test_raw_only_writes_no_map_on_original_pixels(tmp_path: Path, monkeypatch: 
 
 
 def test_default_outputs_and_their_resume_key_are_unchanged_by_raw() -> None:
-    assert jobs.ExplainSettings().outputs == ("overlay", "heatmap", "panel") == jobs.DEFAULT_OUTPUTS
-    assert "outputs" not in jobs.ExplainSettings().key("m", "layer")  # outputs of earlier versions stay reusable
-    with_raw = jobs.ExplainSettings(outputs=(*jobs.DEFAULT_OUTPUTS, "raw")).key("m", "layer")
+    assert ExplainSettings().outputs == ("overlay", "heatmap", "panel") == DEFAULT_OUTPUTS
+    assert "outputs" not in ExplainSettings().key("m", "layer")  # outputs of earlier versions stay reusable
+    with_raw = ExplainSettings(outputs=(*DEFAULT_OUTPUTS, "raw")).key("m", "layer")
     assert with_raw["outputs"] == ["overlay", "heatmap", "panel", "raw"]
     with pytest.raises(ValueError, match="outputs must be a non-empty subset of overlay, heatmap, panel, raw"):
-        jobs.ExplainSettings(outputs=("raws",))
+        ExplainSettings(outputs=("raws",))

@@ -10,21 +10,21 @@ import torch
 from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+from torchvision.ops import box_iou
 
 import gradcam
 from gradcam.reshape import TokenGrid, auto_reshape, token_layer
-from gradcam.tasks import (
+from gradcam.targets import (
     ClassScore,
     DetectionScore,
     DetectorAdapter,
     EmbeddingSimilarity,
     KeywordImageInput,
     SegmentationScore,
-    box_iou_pairs,
     embed,
     text_embedding,
 )
-from tasks.tasks_support import (
+from targets.targets_support import (
     assert_weights_close,
     autograd_reference,
     one_thread,  # noqa: F401  (autouse fixture)
@@ -216,9 +216,9 @@ def test_torchvision_detection_by_index_and_by_box():
     def manual(out):
         rows = []
         for b in range(2):
-            ious = box_iou_pairs(out[b]["boxes"].detach(), references[b].expand(len(out[b]["boxes"]), 4))
+            ious = box_iou(out[b]["boxes"].detach(), references[b, None])[:, 0]
             d = int(ious.argmax())
-            rows.append(out[b]["scores"][d] + box_iou_pairs(out[b]["boxes"][d], references[b]))
+            rows.append(out[b]["scores"][d] + box_iou(out[b]["boxes"][d, None], references[b, None])[0, 0])
         return torch.stack(rows)
 
     ref = autograd_reference(adapter, layer, x, manual, reshape=adapter.crop_padding)

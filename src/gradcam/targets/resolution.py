@@ -23,17 +23,24 @@ from typing import Any, Union
 
 import torch
 
-from .errors import TargetError
+from ..errors import TargetError
 
 OutputSelector = Union[str, int, Callable[[Any], torch.Tensor], None]
 Target = Union[int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], "TopK", None]
 
+LOGIT_KEYS: tuple[str, ...] = ("logits",)
 
-def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
-    """The score tensor inside a model output.
 
-    ``selector`` is a key (dicts and ``ModelOutput``), an index (tuples and lists) or a callable.
-    With no selector a tensor is used as is, and a mapping with a ``logits`` entry uses it.
+def select_output(
+    output: Any, selector: OutputSelector = None, keys: Sequence[str] = LOGIT_KEYS, what: str = "model output"
+) -> torch.Tensor:
+    """The tensor a target reads inside a model output; every target and explainer selects through here.
+
+    ``selector`` is a key (dicts and ``ModelOutput``), an index (tuples and lists) or a callable
+    ``output -> tensor``. With no selector a tensor is used as is; otherwise the first of ``keys`` the
+    output holds as a tensor, as an entry (dicts, ``ModelOutput``) or an attribute (``logits`` by default;
+    ``out`` for torchvision segmentation, ``image_embeds`` / ``pooler_output`` for embeddings).
+    ``what`` names the output in the error.
     """
     if callable(selector):
         selected = selector(output)
@@ -41,21 +48,28 @@ def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
         try:
             selected = output[selector]
         except (KeyError, IndexError, TypeError):
-            raise TargetError(
-                f"output={selector!r} is not in the model output; {_describe(output)}"
-            ) from None
+            raise TargetError(f"output={selector!r} is not in the {what}; {_describe(output)}") from None
     elif isinstance(output, torch.Tensor):
-        selected = output
-    elif isinstance(output, Mapping) and "logits" in output:
-        selected = output["logits"]
+        return output
     else:
-        raise TargetError(
-            f"the model returns {_describe(output)}; pass output=KEY, output=INDEX or "
-            "output=callable to pick the class scores, or a callable target"
-        )
+        selected = _first_key(output, keys)
+        if selected is None:
+            raise TargetError(
+                f"the {what} has none of {list(keys)}: it is {_describe(output)}; pass output=KEY, output=INDEX "
+                "or output=callable (select= for a task target) to choose the tensor, or a callable target"
+            )
     if not isinstance(selected, torch.Tensor):
         raise TargetError(f"output selector gave {type(selected).__name__}, expected a tensor")
     return selected
+
+
+def _first_key(output: Any, keys: Sequence[str]) -> torch.Tensor | None:
+    """The first of ``keys`` that ``output`` holds as a tensor (an entry of a mapping, else an attribute)."""
+    for key in keys:
+        value = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
 
 
 def _describe(output: Any) -> str:
@@ -63,8 +77,7 @@ def _describe(output: Any) -> str:
         return f"a {type(output).__name__} with keys {list(output.keys())}"
     if isinstance(output, (tuple, list)):
         kinds = ", ".join(
-            f"[{i}] {tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__}"
-            for i, o in enumerate(output)
+            f"[{i}] {tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__}" for i, o in enumerate(output)
         )
         return f"a {type(output).__name__} of {len(output)} items ({kinds})"
     return f"a {type(output).__name__}"
@@ -101,9 +114,7 @@ class PerImageTargets:
         return PerImageTargets([self.targets[index]] * copies)
 
     def rows(self, output: Any) -> torch.Tensor:
-        if isinstance(output, Mapping) and "logits" not in output and "out" in output:
-            return output["out"]
-        return select_output(output)
+        return select_output(output, keys=("logits", "out"))
 
     def __call__(self, output: Any) -> torch.Tensor:
         rows = self.rows(output)
@@ -200,9 +211,7 @@ def _check_range(indices: torch.Tensor, num_classes: int | None) -> None:
         )
 
 
-def resolve_target(
-    target: Target, output: Any, batch_size: int, selector: OutputSelector = None
-) -> ResolvedTarget:
+def resolve_target(target: Target, output: Any, batch_size: int, selector: OutputSelector = None) -> ResolvedTarget:
     """Compute the scalars y to explain from the model output (with their autograd graph)."""
     target = per_image_targets(target)
     if isinstance(target, PerImageTargets) and len(target) != batch_size:

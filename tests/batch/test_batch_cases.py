@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 
 from gradcam.batch import outputs
+from gradcam.batch.inputs import output_folder
+from gradcam.batch.loop import explain_files
+from gradcam.batch.settings import ExplainSettings, JobSummary
 from gradcam.imaging import io as image_io
 from gradcam.imaging.io import ImageReadError, find_images, read_pixels
-from gradcam.jobs import explain as jobs
 
 RUN = {"batch_size": 2, "device": "cpu", "workers": 0, "writers": 0, "progress": False}
 
@@ -37,9 +39,9 @@ def _image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
     return path
 
 
-def _raw_job(paths, loaded, out: Path, **options) -> jobs.JobSummary:
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw",))
-    return jobs.explain_files(paths, loaded, settings, out, **{**RUN, **options})
+def _raw_job(paths, loaded, out: Path, **options) -> JobSummary:
+    settings = ExplainSettings(methods=("gradcam",), outputs=("raw",))
+    return explain_files(paths, loaded, settings, out, **{**RUN, **options})
 
 
 # ------------------------------------------------------------------------------------------- (a) names
@@ -67,12 +69,12 @@ def test_output_folder_names_are_injective_and_keep_plain_names() -> None:
     root = Path("/data")
     names = ["x.y.png", "x_y.png", "a_.png", "a._png", "a_png", "a.png", "a", "%41.png", "A.png", ".png",
              "d.e/f.png", "d_e/f.png", "d%2Ee/f.png", "b.jpg", "b_jpg/c.png"]  # fmt: skip
-    folders = [jobs.output_folder(root / name, root) for name in names]
+    folders = [output_folder(root / name, root) for name in names]
     assert folders == ["x%2Ey_png", "x_y_png", "a__png", "a_%5Fpng", "a%5Fpng", "a_png", "a", "%2541_png",
                        "A_png", "_png", "d%2Ee/f_png", "d_e/f_png", "d%252Ee/f_png", "b_jpg",
                        "b_jpg/c_png"]  # fmt: skip
     assert len(set(folders)) == len(folders)
-    assert jobs.output_folder(Path("/data/chelsea_cat.jpg"), root) == "chelsea_cat_jpg"  # as before
+    assert output_folder(Path("/data/chelsea_cat.jpg"), root) == "chelsea_cat_jpg"  # as before
 
 
 def test_names_that_shared_a_folder_get_their_own(tmp_path: Path, loaded) -> None:
@@ -110,8 +112,8 @@ def test_a_1_x_40000_png_is_explained_without_building_its_resized_frame(
 
     monkeypatch.setattr(torch.nn.functional, "interpolate", watched(real_interpolate))
     monkeypatch.setattr(torch.nn.functional, "grid_sample", watched(real_sample))
-    settings = jobs.ExplainSettings(methods=("gradcam",))  # overlay, heatmap, panel
-    summary = jobs.explain_files([strip], loaded, settings, tmp_path / "out", **RUN)
+    settings = ExplainSettings(methods=("gradcam",))  # overlay, heatmap, panel
+    summary = explain_files([strip], loaded, settings, tmp_path / "out", **RUN)
     assert (summary.done, summary.failed) == (1, 0)
     assert largest["elements"] <= 3 * 224 * 224  # the crop; the full frame would be 786432000 x 3
     (output,) = summary.items[0]["outputs"]
@@ -136,8 +138,8 @@ def test_a_drawing_failure_fails_that_image_only(tmp_path: Path, loaded, monkeyp
 
     _image(paths[1], size=(50, 40), seed=9)
     monkeypatch.setattr(outputs.draw, "overlay", overlay)
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("overlay",))
-    summary = jobs.explain_files(paths, loaded, settings, tmp_path / "out", **RUN)
+    settings = ExplainSettings(methods=("gradcam",), outputs=("overlay",))
+    summary = explain_files(paths, loaded, settings, tmp_path / "out", **RUN)
     assert (summary.done, summary.failed) == (2, 1)
     assert summary.failures == [{"input": str(paths[1]), "error": f"{paths[1]}: cannot draw or encode its "
                                  "outputs: ValueError: cannot draw this one"}]  # fmt: skip

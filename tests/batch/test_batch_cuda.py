@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from gradcam.assets import sample_names, sample_path
+from gradcam.batch.loop import explain_files
+from gradcam.batch.settings import ExplainSettings
 from gradcam.imaging.geometry import PreprocessConfig, normalize_pixels
-from gradcam.jobs import explain as jobs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -32,10 +33,10 @@ def test_a_cuda_job_with_decoding_processes_and_writer_threads_gives_the_cpu_job
     paths.append(tmp_path / "noise.jpg")  # and a fifth image, so that batches of 2 end with a single one
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(paths[-1], quality=90)
     loaded = load_model()
-    settings = jobs.ExplainSettings(methods=("gradcam",), outputs=("raw", "heatmap"))
-    cpu = jobs.explain_files(paths, loaded, settings, tmp_path / "cpu", batch_size=2, workers=0, writers=0,
+    settings = ExplainSettings(methods=("gradcam",), outputs=("raw", "heatmap"))
+    cpu = explain_files(paths, loaded, settings, tmp_path / "cpu", batch_size=2, workers=0, writers=0,
                              progress=False)  # fmt: skip
-    gpu = jobs.explain_files(paths, loaded, settings, tmp_path / "gpu", batch_size=2, device="cuda", workers=2,
+    gpu = explain_files(paths, loaded, settings, tmp_path / "gpu", batch_size=2, device="cuda", workers=2,
                              writers=2, progress=False)  # fmt: skip
     assert cpu.done == gpu.done == 5
     for a, b in zip(cpu.items[:-1], gpu.items[:-1]):  # the noise image's top-1 may differ between devices
