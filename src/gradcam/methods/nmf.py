@@ -63,6 +63,16 @@ def _initial(v: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return w.to(v.device, v.dtype), h.to(v.device, v.dtype)
 
 
+def _given(init: tuple[torch.Tensor, torch.Tensor], v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caller's start ``(W0, H0)`` as batched copies in V's dtype (checked: shapes, finite, non-negative)."""
+    batch, k, columns = v.shape
+    w, h = (torch.as_tensor(t).to(v.device, v.dtype) for t in init)
+    w, h = w.expand(batch, k, n).clone(), h.expand(batch, n, columns).clone()  # raises on a wrong shape
+    if not bool(torch.isfinite(w).all() and torch.isfinite(h).all()) or bool((w < 0).any() or (h < 0).any()):
+        raise InputError("init must be two finite non-negative tensors (W0 (K, n), H0 (n, N))")
+    return w, h
+
+
 def _update_rows(h: torch.Tensor, numerator: torch.Tensor, gram: torch.Tensor) -> None:
     """One HALS sweep over the rows of ``h`` (B, n, N) in place: ``numerator`` = W^T V, ``gram`` = W^T W."""
     tiny = torch.finfo(h.dtype).tiny
@@ -85,19 +95,21 @@ def nmf(
     tol: float = 1e-4,
     seed: int = 0,
     check_every: int = 10,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Factorization:
     """Non-negative ``W`` (.., K, n), ``H`` (.., n, N) minimising ``||V - W H||_F`` for a non-negative ``V``
     (K, N) or (B, K, N), in V's dtype and on its device.
 
     HALS sweeps (see the module) from a seeded random start, at most ``iterations`` of them; every
     ``check_every`` sweeps the relative error is measured, and the fit stops once no problem of the batch
-    improved it by more than ``tol`` since the last check (``tol=0``: always run ``iterations``).
+    improved it by more than ``tol`` since the last check (``tol=0``: always run ``iterations``). ``init``
+    = ``(W0, H0)``, non-negative and shaped like the factors, replaces the random start.
     The factors are not unique (``W D``, ``D^-1 H`` for any positive diagonal D, and any permutation):
     callers fix the scale they need.
     """
     _check(v, n_components, iterations, tol)
     batched = v if v.dim() == 3 else v.unsqueeze(0)
-    w, h = _initial(batched, n_components, seed)
+    w, h = _initial(batched, n_components, seed) if init is None else _given(init, batched, n_components)
     norm = torch.linalg.matrix_norm(batched)
     error = _relative_error(batched, w, h, norm)
     done = 0
