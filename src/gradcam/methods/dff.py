@@ -134,8 +134,7 @@ class DeepFeatureFactorization(LayerMethod):
             x = usable_input(x)
             name, captured, output = self._forward(x, forward_kwargs, record_graph=False)
             grid = self._as_grid(captured, name, x.shape[0], x, forward_kwargs).detach()
-            w, h, error = self._factorise(grid.to(self.dtype).clamp(min=0))
-            w, h, strength = _ordered(w, h)
+            w, h, strength, error = self._factorise(grid.to(self.dtype).clamp(min=0))
             raw = h.reshape(h.shape[:2] + grid.shape[2:])
             heatmap = normalize(upsample(raw.float(), tuple(x.shape[2:])), x.dim() - 2)
             scores = self._scores(w, grid.shape[1])
@@ -154,17 +153,19 @@ class DeepFeatureFactorization(LayerMethod):
             logits=logits,
         )
 
-    def _factorise(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``W`` (B, K, n), ``H`` (B, n, u*v) and the error (B,) of the rectified grid ``v`` (B, K, *S)."""
+    def _factorise(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``W`` (B, K, n), ``H`` (B, n, u*v) scaled and ordered by :func:`_ordered`, the strengths (B, n) and
+        the errors (B,) of the rectified grid ``v`` (B, K, *S); jointly, one fit of (K, B*u*v) shared by all."""
         batch, channels = v.shape[:2]
         matrix = v.reshape(batch, channels, -1)
         if not self.joint:
             fit = nmf(matrix, self.n_components, **self.fit_options)
-            return fit.W, fit.H, fit.error
+            return (*_ordered(fit.W, fit.H), fit.error)
         stacked = matrix.transpose(0, 1).reshape(channels, -1)  # (K, B*u*v), image by image
         fit = nmf(stacked, self.n_components, **self.fit_options)
-        h = fit.H.reshape(self.n_components, batch, -1).transpose(0, 1)
-        return fit.W.expand(batch, -1, -1), h, fit.error.expand(batch)
+        w, h, strength = _ordered(fit.W[None], fit.H[None])
+        h = h[0].reshape(self.n_components, batch, -1).transpose(0, 1)
+        return w.expand(batch, -1, -1), h, strength.expand(batch, -1), fit.error.expand(batch)
 
     def _scores(self, w: torch.Tensor, channels: int) -> torch.Tensor | None:
         """The head's scores (B, n, C) of every concept embedding, or None with ``head=False``."""
