@@ -70,7 +70,18 @@ def test_picture_and_maps_are_on_the_original_pixels(cat_run):
     assert (picture[: photo.height, 0] == np.asarray(photo)[:, 0]).all()
 
 
-def test_dff_needs_a_classifier_and_a_positive_count(tmp_path, capsys):
-    photo = sample_path("coffee.jpg")
-    assert main(["explain", str(photo), "--concepts", "0", "--out", str(tmp_path / "a")]) == 2
-    assert "--concepts must be >= 1" in capsys.readouterr().err
+FLAT_HEAD = """
+from torch import nn
+
+
+def flat():  # the classifier reads the flattened 4 x 28 x 28 map, not 4 pooled channels
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=8, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 2))
+"""
+
+
+def test_a_model_without_a_pooled_head_is_named(tmp_path, capsys):
+    (tmp_path / "nets.py").write_text(FLAT_HEAD)
+    argv = ["explain", str(sample_path("coffee.jpg")), "--model", f"{tmp_path / 'nets.py'}:flat", "--concepts", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "no classifier head reads the layer's 4 channels" in error and "'3' (3136 features)" in error
