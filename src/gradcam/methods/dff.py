@@ -37,7 +37,8 @@ class Concepts:
     strongest); ``strength`` (B, n) each concept's share of the reconstruction, ``sum(W[:, c]) sum(H[c])`` over
     ``sum(W H)`` (the concepts are ordered by it); ``scores`` (B, n, C) the head's scores of each embedding;
     ``classes`` / ``class_scores`` (B, n, top_k) the best classes per concept and their scores; ``error`` (B,)
-    the relative reconstruction error ``||V - W H||_F / ||V||_F``; ``logits`` the model's own scores.
+    the relative reconstruction error ``||V - W H||_F / ||V||_F``; ``logits`` the model's own scores. A joint
+    fit scales each map to peak 1 over the whole batch, and its embeddings, strengths and error are the batch's.
     """
 
     heatmap: torch.Tensor
@@ -93,6 +94,9 @@ class DeepFeatureFactorization(LayerMethod):
     classes are kept per concept. ``joint=True`` factorises the whole batch together (``V`` is K x B*u*v,
     one ``W`` shared by every image, the paper's multi-image setting). Calling it returns :class:`Concepts`,
     not an :class:`~gradcam.Explanation`: the maps belong to concepts, not to targets.
+
+    ``max(A, 0)``: NMF needs a non-negative matrix, and the layer's output is clamped at 0 (for a layer whose
+    ReLU follows it, e.g. Lite0's ``bn2``, this is that ReLU's output; a ReLU6's cap at 6 is not applied).
     """
 
     name = "dff"
