@@ -20,6 +20,8 @@ from .methods import (
     METHODS,
     SSCAM,
     AblationCAM,
+    Concepts,
+    DeepFeatureFactorization,
     EigenCAM,
     EigenGradCAM,
     Explainer,
@@ -41,6 +43,7 @@ from .methods import (
     XGradCAM,
     available_methods,
     create_explainer,
+    deep_feature_factorization,
 )
 from .targets import TopK
 
@@ -53,6 +56,8 @@ __all__ = [
     "METHODS",
     "SSCAM",
     "AblationCAM",
+    "Concepts",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
     "Explainer",
@@ -82,5 +87,6 @@ __all__ = [
     "__version__",
     "available_methods",
     "create_explainer",
+    "deep_feature_factorization",
     "smoothing",
 ]

@@ -217,6 +217,8 @@ EXPLAIN = [
     ("explain {img} --out {out} --task similarity --embedding {missing}", 2, "--embedding file not found: {missing}"),
     ("explain {img} --out {out} --text cat", 2, "--text applies to --task similarity, not --task class"),
     ("explain {img} --out {out} --method nope", 2, "argument --method: invalid choice: 'nope' (choose from ..."),
+    ("explain {img} --out {out} --concepts 0", 2, "--concepts must be >= 1; got 0"),
+    ("explain {img} --out {out} --concepts two", 2, "argument --concepts: invalid int value: 'two'"),
     ("explain {img} --out {file}", 2, "--out {file} is a file; expected a folder to write the outputs in"),
     ("explain {img} --out {out} --batch-size 0", 2, "--batch-size must be >= 1; got 0"),
     ("explain {img} --out {out} --workers -1", 2, "--workers must be >= 0 (0: threads in this process); got -1"),

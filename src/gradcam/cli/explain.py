@@ -81,8 +81,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         action="append",
-        choices=list(METHODS),
-        help=f"method (repeatable; default: {', '.join(DEFAULT_METHODS)})",
+        choices=[*METHODS, "dff"],
+        help=f"method (repeatable; default: {', '.join(DEFAULT_METHODS)}; dff: Deep Feature Factorization "
+        "concepts, one picture per image)",
+    )
+    parser.add_argument(
+        "--concepts",
+        type=int,
+        metavar="N",
+        help="dff: N concepts per image (default 4; implies --method dff), each named by its max(3, --top-k) best "
+        "classes",
     )
     parser.add_argument("--out", default="gradcam-out", metavar="DIR", help="output folder (default gradcam-out)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -125,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--alpha must be in [0, 1]; got {args.alpha}")
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1; got {args.top_k}")
+    if args.concepts is not None and args.concepts < 1:
+        raise CLIError(f"--concepts must be >= 1; got {args.concepts}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1; got {args.batch_size}")
     for option, value in (("--workers", args.workers), ("--writers", args.writers)):
@@ -150,8 +160,13 @@ def run(args: argparse.Namespace) -> int:
     task = task_options(args, loaded)
     if loaded.labels is not None and args.top_k > len(loaded.labels):
         raise CLIError(f"--top-k {args.top_k} asks for more classes than {loaded.name} has ({len(loaded.labels)})")
+    requested = tuple(dict.fromkeys(args.method or ()))
+    concepts = "dff" in requested or args.concepts is not None
+    methods = tuple(m for m in requested if m != "dff") or (() if concepts else DEFAULT_METHODS)
+    if concepts and loaded.task != "classification":
+        raise CLIError(f"--method dff names concepts with a classifier head; {loaded.name} is a {loaded.task} model")
     settings = ExplainSettings(
-        methods=tuple(dict.fromkeys(args.method or DEFAULT_METHODS)),
+        methods=methods or DEFAULT_METHODS,
         targets=parse_targets(args.target, loaded),
         top_k=args.top_k,
         alpha=args.alpha,
@@ -174,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import GradCAMError
 
+    if concepts:
+        _explain_concepts(args, paths, loaded, device, report)
+        if not methods:
+            return 0
     try:
         summary = explain_files(
             paths,
@@ -212,6 +231,25 @@ def run(args: argparse.Namespace) -> int:
         others = "; the others are written" if summary.failed < len(paths) else ""
         raise RunError(f"{summary.failed} of {len(paths)} images failed (the lines above say why){others}")
     return 0
+
+
+def _explain_concepts(args: argparse.Namespace, paths: list[Path], loaded: LoadedModel, device, report) -> None:
+    """The dff pictures, maps and records of every image (:mod:`gradcam.batch.concepts`)."""
+    from ..batch.concepts import ConceptSettings, explain_concepts
+    from ..errors import GradCAMError
+
+    settings = ConceptSettings(n_components=args.concepts or 4, top_k=max(args.top_k, 3), layer=args.layer)
+    try:
+        index = explain_concepts(paths, loaded, settings, Path(args.out), device=device, report=report)
+    except GradCAMError as error:
+        raise CLIError(str(error)) from None
+    except OSError as error:
+        raise RunError(f"cannot write the concept outputs under {args.out}: {error}") from None
+    done, failed = len(index["items"]), len(index["failed"])
+    images = f"{done} image{'' if done == 1 else 's'}"
+    _print(f"dff: {images}, {settings.n_components} concepts each, in {args.out}/ (index: concepts.json)")
+    if failed:
+        raise RunError(f"dff: {failed} of {len(paths)} images failed (the lines above say why)")
 
 
 def parse_box(value: str) -> tuple[float, float, float, float]:

@@ -1,5 +1,6 @@
 """Image files, preprocessing geometry and drawing. Knows nothing about models or gradients."""
 
+from gradcam.imaging.concepts import CONCEPT_COLORS, concept_overlay, draw_concepts
 from gradcam.imaging.draw import (
     apply_colormap,
     available_colormaps,
@@ -37,6 +38,7 @@ from gradcam.imaging.io import (
 from gradcam.imaging.sequences import frame_strip, signal_plot
 
 __all__ = [
+    "CONCEPT_COLORS",
     "IMAGE_EXTENSIONS",
     "Geometry",
     "ImageReadError",
@@ -48,7 +50,9 @@ __all__ = [
     "colormap",
     "compare_methods",
     "compute_geometry",
+    "concept_overlay",
     "draw_box",
+    "draw_concepts",
     "draw_contour",
     "explanation_grid",
     "find_images",

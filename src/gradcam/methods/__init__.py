@@ -1,4 +1,8 @@
-"""The methods, one small class each, and the registry the CLI and the contract tests list from."""
+"""The methods, one small class each, and the registry the CLI and the contract tests list from.
+
+Deep Feature Factorization (:class:`DeepFeatureFactorization`) is not in the registry: it returns concepts
+(:class:`Concepts`), not an :class:`~gradcam.Explanation` of targets; ``gradcam explain --method dff`` runs it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from .ablationcam import AblationCAM
 from .base import Explainer, LayerMethod, MapContext
 from .cam import CAM
+from .dff import Concepts, DeepFeatureFactorization, deep_feature_factorization
 from .eigencam import EigenCAM
 from .eigengradcam import EigenGradCAM
 from .elementwise import GradCAMElementWise
@@ -23,6 +28,7 @@ from .input_gradients import InputGradient, IntegratedGradients, SmoothGrad
 from .iscam import ISCAM
 from .kpcacam import KPCACAM
 from .layercam import LayerCAM
+from .nmf import Factorization, nmf
 from .scorecam import ScoreCAM
 from .smooth_gradcam_pp import SmoothGradCAMPlusPlus
 from .sscam import SSCAM
@@ -147,9 +153,12 @@ __all__ = [
     "METHODS",
     "SSCAM",
     "AblationCAM",
+    "Concepts",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
     "Explainer",
+    "Factorization",
     "FinerCAM",
     "FullGrad",
     "GradCAM",
@@ -171,4 +180,6 @@ __all__ = [
     "XGradCAM",
     "available_methods",
     "create_explainer",
+    "deep_feature_factorization",
+    "nmf",
 ]
