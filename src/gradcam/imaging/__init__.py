@@ -1,5 +1,6 @@
 """Image files, preprocessing geometry and drawing. Knows nothing about models or gradients."""
 
+from gradcam.imaging.curves import CurvePanel, CurveSeries, curves_image, plot_curves
 from gradcam.imaging.draw import (
     apply_colormap,
     available_colormaps,
@@ -38,6 +39,8 @@ from gradcam.imaging.sequences import frame_strip, signal_plot
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CurvePanel",
+    "CurveSeries",
     "Geometry",
     "ImageReadError",
     "PreprocessConfig",
@@ -48,6 +51,7 @@ __all__ = [
     "colormap",
     "compare_methods",
     "compute_geometry",
+    "curves_image",
     "draw_box",
     "draw_contour",
     "explanation_grid",
@@ -59,6 +63,7 @@ __all__ = [
     "mask_outline",
     "overlay",
     "panel",
+    "plot_curves",
     "preprocess",
     "preprocess_batch",
     "read_pixels",

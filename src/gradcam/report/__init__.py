@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from ..errors import GradCAMError
 from ..imaging.draw import apply_colormap
@@ -39,6 +40,8 @@ THUMBNAIL_SIZE = 256
 FILES_FOLDER = "report_files"
 JPEG_QUALITY = 85
 _THUMB_NAME = re.compile(r"[0-9a-f]{12}\.(?:jpg|png)")
+#: PNG text key of a map thumbnail: "1" when the map is identically zero (the page says so under it).
+ZERO_KEY = "gradcam-zero-map"
 #: At most this many points per curve in the SVG (evenly picked, the last one kept).
 CURVE_POINTS = 101
 
@@ -135,13 +138,17 @@ def _fit(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> None:
-    """The map ``source`` (a .npy (H, W) heatmap in [0, 1], or a picture) at ``size`` (default: fitted)."""
+def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> bool:
+    """The map ``source`` (a .npy (H, W) heatmap in [0, 1], or a picture) at ``size`` (default: fitted).
+    Returns whether the map is identically zero (known for .npy maps only; kept in the PNG's
+    :data:`ZERO_KEY` text chunk so a reused thumbnail still knows)."""
+    zero = False
     if source.suffix.lower() == ".npy":
         values = np.asarray(np.load(source, allow_pickle=False), dtype=np.float32)
         values = np.squeeze(values)
         if values.ndim != 2:
             raise ValueError(f"expected an (H, W) heatmap, got shape {values.shape}")
+        zero = not bool(np.any(values != 0))
         values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
         target = size or _fit((values.shape[1], values.shape[0]))
         resized = np.asarray(Image.fromarray(values, "F").resize(target, Image.Resampling.BILINEAR))
@@ -150,7 +157,15 @@ def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> N
         with Image.open(source) as opened:
             picture = opened.convert("RGB")
         picture = picture.resize(size or _fit(picture.size), Image.Resampling.BILINEAR)
-    _save_atomic(picture, thumb, format="PNG")
+    text = PngInfo()
+    text.add_text(ZERO_KEY, "1" if zero else "0")
+    _save_atomic(picture, thumb, format="PNG", pnginfo=text)
+    return zero
+
+
+def _thumbnail_is_zero(thumb: Path) -> bool:
+    with Image.open(thumb) as opened:  # reads the header and text chunks only
+        return opened.info.get(ZERO_KEY) == "1"
 
 
 @dataclass
@@ -162,6 +177,7 @@ class _Job:
     size: tuple[int, int] | None = None
     ok: bool = False
     made: bool = False
+    zero: bool = False  # a map that is identically zero
     error: str | None = None
 
 
@@ -175,8 +191,10 @@ def _run_job(job: _Job) -> None:
                 job.size = _photo_thumbnail(job.source, job.thumb)
                 job.made = True
         else:
-            if not _is_fresh(job.thumb, job.source):
-                _map_thumbnail(job.source, job.thumb, job.photo.size if job.photo and job.photo.ok else None)
+            if _is_fresh(job.thumb, job.source):
+                job.zero = _thumbnail_is_zero(job.thumb)
+            else:
+                job.zero = _map_thumbnail(job.source, job.thumb, job.photo.size if job.photo and job.photo.ok else None)
                 job.made = True
         job.ok = True
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -260,6 +278,7 @@ def _explain_data(out: Path, manifest: Any, threads: int) -> tuple[dict[str, Any
             item["x"] = photo.error
         item["o"] = [
             [m, label, score, job.thumb.stem if job is not None and job.ok else None]
+            + ([1] if job is not None and job.ok and job.zero else [])
             for m, label, score, job in outputs
         ]
     failed = [

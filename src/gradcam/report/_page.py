@@ -47,6 +47,7 @@ svg.curves{max-width:100%;height:auto;font-size:12px}
 .examples img{max-width:100%;height:auto}
 img.wide{max-width:100%;height:auto}
 .empty{color:#666}
+.zero-note{margin:2px 0 0;font-size:12px;color:#8a5a00;font-style:italic}
 """
 
 _SCRIPT = r"""
@@ -133,6 +134,10 @@ _SCRIPT = r"""
     fig.appendChild(stack);
     var score = out[2] === null ? "" : " (score " + Number(out[2]).toPrecision(3) + ")";
     fig.appendChild(el("figcaption", null, D.methods[out[0]] + score));
+    if (out[4]) {  // a blank overlay is not a drawing error: say the map is zero
+      fig.classList.add("zero");
+      fig.appendChild(el("p", "zero-note", "map is zero"));
+    }
     if (out[3]) {
       var slider = el("input", "opacity");
       slider.type = "range"; slider.min = 0; slider.max = 100; slider.value = state.opacity;
