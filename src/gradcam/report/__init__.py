@@ -30,7 +30,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..errors import GradCAMError
 from ..imaging.draw import apply_colormap
-from ._page import PAGE_SIZE, render_page
+from ._page import METHOD_FILTER, PAGE_SIZE, render_page
 
 __all__ = ["PAGE_SIZE", "THUMBNAIL_SIZE", "ReportError", "ReportSummary", "embed_json", "write_html_report"]
 
@@ -346,17 +346,18 @@ def metric_table(summary: dict[str, Any]) -> str:
     body = []
     for row in ordered:
         title = html.escape(str(row.get("title") or row.get("method") or "?"))
+        method = f' data-method="{html.escape(str(row.get("method") or "?"))}"'
         kind = ' class="baseline"' if row.get("baseline") else ""
         if row.get("error"):
             reason = html.escape(str(row["error"]).splitlines()[0][:200])
-            body.append(f'<tr class="error"><th>{title}</th><td colspan="{max(1, len(columns))}">not evaluated: '
-                        f"{reason}</td></tr>")  # fmt: skip
+            body.append(f'<tr class="error"{method}><th>{title}</th><td colspan="{max(1, len(columns))}">'
+                        f"not evaluated: {reason}</td></tr>")  # fmt: skip
             continue
         cells = []
         for column in columns:
             value = _finite(row.get(column))
             cells.append("<td>–</td>" if value is None else f"<td>{COLUMNS[column][1].format(value)}</td>")
-        body.append(f"<tr{kind}><th>{title}</th>{''.join(cells)}</tr>")
+        body.append(f"<tr{kind}{method}><th>{title}</th>{''.join(cells)}</tr>")
     return f'<table class="metrics"><thead><tr><th>Method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -414,7 +415,8 @@ def curves_svg(curves: dict[str, Any], titles: dict[str, str] | None = None, sco
             )
         parts.append("</g>")
     legend = "".join(
-        f'<span><i style="background:{_COLOURS[j % 10]}"></i>{html.escape(titles.get(name, name))}</span>'
+        f'<span data-method="{html.escape(name)}"><i style="background:{_COLOURS[j % 10]}"></i>'
+        f"{html.escape(titles.get(name, name))}</span>"
         for j, name in enumerate(usable)
     )
     parts.append("</svg>")
@@ -434,7 +436,7 @@ def _evaluation_html(out: Path, summary: Any, curves: Any) -> str:
     if summary.get("seconds") is not None:
         facts.append(f"{summary['seconds']} s")
     parts = ['<section id="evaluation"><h2>Evaluation</h2>', f'<p class="facts">{html.escape(", ".join(facts))}</p>',
-             metric_table(summary)]  # fmt: skip
+             METHOD_FILTER, metric_table(summary)]  # fmt: skip
     if isinstance(curves, dict) and curves:
         parts.append("<h3>Deletion and insertion curves</h3>")
         parts.append(curves_svg(curves, titles, str(settings.get("score", "score"))))
@@ -450,7 +452,8 @@ def _evaluation_html(out: Path, summary: Any, curves: Any) -> str:
         for path in sorted(examples, key=lambda p: (order.get(p.stem, len(order)), p.stem)):
             title = html.escape(titles.get(path.stem, path.stem))
             src = html.escape(f"examples/{path.name}")
-            parts.append(f'<figure><img loading="lazy" src="{src}" alt="{title} best and worst">'
+            parts.append(f'<figure data-method="{html.escape(path.stem)}">'
+                         f'<img loading="lazy" src="{src}" alt="{title} best and worst">'
                          f"<figcaption>{title}</figcaption></figure>")  # fmt: skip
         parts.append("</div>")
     parts.append("</section>")
