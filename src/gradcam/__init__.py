@@ -43,6 +43,15 @@ from .methods import (
     create_explainer,
 )
 from .targets import TopK
+from .tasks import (
+    ClassScore,
+    DetectionScore,
+    DetectorAdapter,
+    EmbeddingSimilarity,
+    KeywordImageInput,
+    embed,
+    text_embedding,
+)
 
 __version__ = "0.1.0"
 
@@ -53,8 +62,12 @@ __all__ = [
     "METHODS",
     "SSCAM",
     "AblationCAM",
+    "ClassScore",
+    "DetectionScore",
+    "DetectorAdapter",
     "EigenCAM",
     "EigenGradCAM",
+    "EmbeddingSimilarity",
     "Explainer",
     "Explanation",
     "FinerCAM",
@@ -69,6 +82,7 @@ __all__ = [
     "InputError",
     "InputGradient",
     "IntegratedGradients",
+    "KeywordImageInput",
     "LayerCAM",
     "LayerError",
     "MethodError",
@@ -82,5 +96,7 @@ __all__ = [
     "__version__",
     "available_methods",
     "create_explainer",
+    "embed",
     "smoothing",
+    "text_embedding",
 ]
