@@ -84,3 +84,25 @@ def test_bad_curves_get_errors_naming_the_argument() -> None:
         curve_series(torch.zeros(2, 2, 2))
     with pytest.raises(ValueError, match="backend must be"):
         plot_curves(torch.zeros(3), backend="svg")
+
+
+def test_evaluation_curves_png_draws_deletion_left_and_insertion_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gradcam evaluate``'s curves.png goes through the same renderer: without matplotlib, PIL panels side by
+    side (1000 x 420, each 500 wide), deletion falling and insertion rising where the values say."""
+    import sys
+    from types import SimpleNamespace
+
+    from gradcam.evaluation import report
+
+    steps = {"fractions": [0.0, 0.5, 0.5, 1.0], "deletion": [1.0, 1.0, 0.0, 0.0], "insertion": [0.0, 0.0, 1.0, 1.0]}
+    result = SimpleNamespace(curves={"gradcam": steps}, methods=[SimpleNamespace(name="gradcam", title="Grad-CAM")],
+                             settings=SimpleNamespace(score="probability"))  # fmt: skip
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails: the PIL path
+    picture = report.plot_curves(result)
+    assert picture.size == (1000, 420)
+    top, bottom = 30, 420 - 50
+    for strip, (first, second) in enumerate(((top, bottom), (bottom, top))):  # deletion: 1 then 0; insertion
+        left, right = 500 * strip + 50, 500 * (strip + 1) - 20
+        early, late = (curve_rows(picture, left + round(f * (right - left))) for f in (0.25, 0.75))
+        assert len(early) and set(early) <= {first - 1, first, first + 1}, (strip, early)
+        assert len(late) and set(late) <= {second - 1, second, second + 1}, (strip, late)

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import GradCAMError
+from ..imaging.curves import CURVE_COLOURS
 from ..imaging.draw import apply_colormap
 from ._page import METHOD_FILTER, PAGE_SIZE, render_page
 
@@ -361,9 +362,7 @@ def metric_table(summary: dict[str, Any]) -> str:
     return f'<table class="metrics"><thead><tr><th>Method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-_COLOURS = (
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+_COLOURS = tuple("#{:02x}{:02x}{:02x}".format(*colour) for colour in CURVE_COLOURS)  # as curves.png draws them
 
 
 def _thin(values: list[float], count: int) -> list[int]:
