@@ -82,6 +82,8 @@ def test_bad_curves_get_errors_naming_the_argument() -> None:
         curve_series(torch.zeros(2, 4), labels=["a"])
     with pytest.raises(ValueError, match=r"curves must be \(n,\) or \(B, n\)"):
         curve_series(torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match=r"curves\['deletion'\] is None"):
+        curve_series({"deletion": None})
     with pytest.raises(ValueError, match="backend must be"):
         plot_curves(torch.zeros(3), backend="svg")
 

@@ -50,6 +50,8 @@ class CurvePanel:
 
 
 def _as_list(values: Any, what: str) -> list[float]:
+    if values is None:
+        raise ValueError(f"{what} is None (DeletionInsertion.mean_curve gives None before any update)")
     tensor = torch.as_tensor(values).detach().double().cpu()
     if tensor.dim() != 1:
         raise ValueError(f"{what} must be one curve (n,), got shape {tuple(tensor.shape)}")
@@ -68,6 +70,8 @@ def curve_series(curves: Any, fractions: Any = None, labels: Sequence[str] | Non
     if isinstance(curves, Mapping):
         named = [(str(name), _as_list(curve, f"curves[{name!r}]")) for name, curve in curves.items()]
     else:
+        if curves is None:
+            raise ValueError("curves is None (DeletionInsertion.mean_curve gives None before any update)")
         tensor = torch.as_tensor(curves).detach().double().cpu()
         if tensor.dim() not in (1, 2):
             raise ValueError(f"curves must be (n,) or (B, n), got shape {tuple(tensor.shape)}")
