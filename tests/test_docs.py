@@ -1,5 +1,6 @@
-"""The docs: every Python block runs, page by page in order, in a folder holding the bundled photos; the site
-(mkdocs + mkdocstrings, the API reference from the docstrings) builds offline with no warning."""
+"""The docs: every Python block runs (docs/ and its sub-folders such as guides/), page by page in order, in a
+folder holding the bundled photos; the site (mkdocs + mkdocstrings, the API reference from the docstrings) builds
+offline with no warning."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import pytest
 from gradcam.assets import sample_names, sample_path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = sorted(path for path in DOCS.glob("*.md") if "```python" in path.read_text())
+PAGES = sorted(path for path in DOCS.rglob("*.md") if "```python" in path.read_text())
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
 def test_every_python_block_runs(page: Path, monkeypatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)
     for name in sample_names():  # cat.jpg, coffee.jpg, ... as the docs call them

@@ -45,7 +45,16 @@ from .methods import (
     create_explainer,
     deep_feature_factorization,
 )
-from .targets import TopK
+from .targets import (
+    ClassScore,
+    DetectionScore,
+    DetectorAdapter,
+    EmbeddingSimilarity,
+    KeywordImageInput,
+    TopK,
+    embed,
+    text_embedding,
+)
 
 __version__ = "0.1.0"
 
@@ -56,10 +65,14 @@ __all__ = [
     "METHODS",
     "SSCAM",
     "AblationCAM",
+    "ClassScore",
     "Concepts",
     "DeepFeatureFactorization",
+    "DetectionScore",
+    "DetectorAdapter",
     "EigenCAM",
     "EigenGradCAM",
+    "EmbeddingSimilarity",
     "Explainer",
     "Explanation",
     "FinerCAM",
@@ -74,6 +87,7 @@ __all__ = [
     "InputError",
     "InputGradient",
     "IntegratedGradients",
+    "KeywordImageInput",
     "LayerCAM",
     "LayerError",
     "MethodError",
@@ -88,5 +102,7 @@ __all__ = [
     "available_methods",
     "create_explainer",
     "deep_feature_factorization",
+    "embed",
     "smoothing",
+    "text_embedding",
 ]

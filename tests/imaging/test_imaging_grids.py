@@ -87,3 +87,22 @@ def test_input_space_maps_are_shown_as_gradient_images(photos_and_inputs) -> Non
         picture = e.show(tile_height=16)
         for b in range(2):
             assert np.array_equal(cell(picture, b, 0, (16, 16)), np.asarray(gradient_image(e.heatmap[b]))), e.method
+
+
+def test_a_map_that_is_identically_zero_is_labelled(photos_and_inputs, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradcam.imaging import grids
+
+    model, _, _, x = photos_and_inputs
+    with torch.no_grad():  # class 0's head weights all positive: after the ReLU (A >= 0) the counterfactual
+        model.fc.weight[0] = torch.arange(1.0, 7.0)  # map ReLU(-sum_k alpha_k A_k) is 0 everywhere
+    cam = gradcam.GradCAM(model, "act")
+    e, against = cam(x, 0), cam(x, 0, counterfactual=True)
+    assert torch.count_nonzero(against.heatmap) == 0 and torch.count_nonzero(e.heatmap[0]) > 0
+    shown: list = []
+    monkeypatch.setattr(grids, "grid", lambda rows, titles, tile_height: shown.append(titles))
+    against.show()
+    compare_methods({"gradcam": e, "counterfactual": against})
+    score = [float(s) for s in against.scores]
+    assert shown[0] == [[f"against class 0 ({score[b]:.3g}) (map is zero)"] for b in range(2)]
+    assert [row[0].endswith(")") and "zero" not in row[0] for row in shown[1]] == [True, True]
+    assert [row[1].endswith(" (map is zero)") for row in shown[1]] == [True, True]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from gradcam.assets import sample_path
 from gradcam.cli import main
-from report.report_support import FAILED_ERROR, NASTY_LABEL
+from report.report_support import EVALUATED_METHODS, FAILED_ERROR, NASTY_LABEL
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,19 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             output["label"] = NASTY_LABEL
     manifest["failed"].append({"input": str(out / "broken.jpg"), "error": FAILED_ERROR})
     (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``gradcam evaluate all --synthetic --html`` at its smallest useful size: 4 images, Grad-CAM and
+    the counterfactual (plus the baselines), 2 figure images and 2000-pixel deletion steps (~10 s here)."""
+    out = tmp_path_factory.mktemp("evaluated") / "run"
+    methods = [argument for name in EVALUATED_METHODS for argument in ("--method", name)]
+    code = main(["evaluate", "all", "--synthetic", "--images", "4", "--faithfulness-images", "4", *methods,
+                 "--figure-images", "2", "--step", "2000", "--quiet", "--html", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert (out / "report.html").is_file()
     return out
 
 

@@ -11,6 +11,8 @@ from PIL import Image
 
 #: A label that would end the JSON <script> element and break HTML if it were not escaped.
 NASTY_LABEL = "tripod </script><b>bold</b> & <!-- co"
+#: The methods of the real ``gradcam evaluate`` run (the three trivial baselines come with them).
+EVALUATED_METHODS = ("gradcam", "counterfactual")
 FAILED_ERROR = "cannot identify image file 'broken.jpg' (truncated)"
 
 

@@ -195,3 +195,15 @@ def test_evaluate_html_writes_the_page_after_the_tables(
     assert f"report: {out / 'report.html'} (evaluation tables, curves and examples)" in capsys.readouterr().out
     page = (out / "report.html").read_text()
     assert "<td>62.5</td>" in page and "<svg" in page and 'src="examples/gradcam.png"' in page
+
+
+def test_a_zero_map_is_flagged_and_the_flag_survives_reused_thumbnails(tmp_path: Path) -> None:
+    out = fake_run(tmp_path / "run", items=2)
+    np.save(out / "map1.npy", np.zeros((300, 400), np.float32))  # e.g. a counterfactual where nothing lowers y
+    for run in range(2):  # made, then reused
+        summary = write_html_report(out)
+        assert (summary.made, summary.reused) == ((4, 0) if run == 0 else (0, 4))
+        items = page_data(summary.path.read_text())["items"]
+        assert len(items[0]["o"][0]) == 4  # a map with a hot square: no flag
+        assert items[1]["o"][0][4] == 1
+    assert "map is zero" in summary.path.read_text()  # the page's script writes it under the map

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from gradcam.report import PAGE_SIZE, write_html_report
-from report.report_support import FAILED_ERROR, NASTY_LABEL, copy_run
+from report.report_support import EVALUATED_METHODS, FAILED_ERROR, NASTY_LABEL, copy_run, fake_run
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.common.exceptions import WebDriverException  # noqa: E402
@@ -210,3 +210,65 @@ def test_ten_thousand_items_stay_small_and_load_quickly(
     info = driver.find_element(By.CSS_SELECTOR, ".page-info").text
     assert info == "items 1–48 of 10001, page 1 of 209"
     assert severe(driver) == []
+
+
+# ---------------------------------------------------------------------- a real `gradcam evaluate --html` page
+
+
+def visible(driver: webdriver.Chrome, selector: str) -> list[str]:
+    """``data-method`` of the elements matching ``selector`` that are displayed."""
+    return [e.get_attribute("data-method") for e in driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()]
+
+
+def test_real_evaluation_page_has_table_curves_and_examples(driver: webdriver.Chrome, evaluated_run: Path) -> None:
+    driver.get_log("browser")
+    driver.get((evaluated_run / "report.html").resolve().as_uri())
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    )
+    assert severe(driver) == []
+    summary = json.loads((evaluated_run / "summary.json").read_text())
+    names = [row["method"] for row in summary["methods"]]
+    assert names[: len(EVALUATED_METHODS)] == list(EVALUATED_METHODS)
+    assert visible(driver, "table.metrics tbody tr") == names  # methods, then the baselines
+    titles = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "table.metrics tbody th")]
+    assert titles == [row["title"] for row in summary["methods"]]
+    first = driver.find_elements(By.CSS_SELECTOR, "table.metrics tbody tr")[0]
+    cells = [td.text for td in first.find_elements(By.TAG_NAME, "td")]
+    assert f"{summary['methods'][0]['deletion_auc']:.3f}" in cells  # the numbers of summary.json
+    curves = json.loads((evaluated_run / "curves.json").read_text())
+    assert visible(driver, "svg.curves polyline") == list(curves) * 2  # deletion and insertion
+    assert driver.find_element(By.CSS_SELECTOR, "svg.curves").size["width"] > 300
+    examples = visible(driver, ".examples figure")
+    assert set(examples) == {p.stem for p in (evaluated_run / "examples").glob("*.png")} >= set(EVALUATED_METHODS)
+    widths = driver.execute_script("return [...document.querySelectorAll('.examples img')].map(i => i.naturalWidth)")
+    assert all(width > 100 for width in widths)
+    assert driver.find_element(By.CSS_SELECTOR, 'img[src="methods.png"]').get_property("naturalWidth") > 100
+
+
+def test_real_evaluation_page_method_filter_hides_rows(driver: webdriver.Chrome, evaluated_run: Path) -> None:
+    driver.get((evaluated_run / "report.html").resolve().as_uri())
+    box = driver.find_element(By.ID, "method-filter")
+    box.send_keys("counterf")
+    assert visible(driver, "table.metrics tbody tr") == ["counterfactual"]
+    assert visible(driver, "svg.curves polyline") == ["counterfactual"] * 2
+    assert visible(driver, ".legend span") == ["counterfactual"]
+    assert visible(driver, ".examples figure") == ["counterfactual"]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("baseline")  # titles match too ("Baseline: random map", ...)
+    assert visible(driver, "table.metrics tbody tr") == ["center", "whole-image", "random"]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    assert len(visible(driver, "table.metrics tbody tr")) == 5
+    assert severe(driver) == []
+
+
+def test_a_zero_map_says_so_under_it(driver: webdriver.Chrome, tmp_path: Path) -> None:
+    out = fake_run(tmp_path / "run", items=2)
+    np.save(out / "map1.npy", np.zeros((300, 400), np.float32))
+    open_page(driver, write_html_report(out).path)
+    notes = [
+        [n.text for n in card.find_elements(By.CSS_SELECTOR, "figure.map .zero-note") if n.is_displayed()]
+        for card in cards(driver)
+    ]
+    assert notes == [[], ["map is zero"]]

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..imaging import draw
+from ..imaging.curves import CurvePanel, CurveSeries, curves_image, draw_panel
 from ..imaging.geometry import Geometry
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
 from .results import EvaluationResult, Example, FigureRow
@@ -73,10 +74,6 @@ HEADLINE_COLUMNS = (
 )
 #: Height of each tile of ``methods.png`` (images are scaled to it, aspect kept).
 METHODS_TILE_HEIGHT = 160
-_CURVE_COLOURS = (
-    (31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
 
 
 def table_columns(result: EvaluationResult) -> list[str]:
@@ -272,68 +269,37 @@ def example_panel(kept: dict[str, Example], title: str, labels: Sequence[str] | 
     return draw.panel(tiles, titles, tile_height=max(height, 224))
 
 
+def curve_panels(result: EvaluationResult) -> list[CurvePanel]:
+    """The deletion and insertion panels of ``result.curves``: a curve per method, baselines dashed."""
+    titles = {m.name: m.title for m in result.methods}
+    panels = []
+    for mode in ("deletion", "insertion"):
+        series = [
+            CurveSeries(title, list(curves["fractions"]), list(curves[mode]), title.startswith("Baseline"))
+            for title, curves in ((titles.get(name, name), c) for name, c in result.curves.items())
+        ]
+        xlabel = "fraction of pixels " + ("removed" if mode == "deletion" else "inserted")
+        panels.append(CurvePanel(mode.capitalize(), xlabel, series))
+    return panels
+
+
 def plot_curves(result: EvaluationResult) -> Image.Image:
-    """Mean deletion and insertion curves per method (matplotlib if installed, else PIL)."""
+    """Mean deletion and insertion curves per method (matplotlib if installed, else PIL:
+    :mod:`gradcam.imaging.curves`)."""
+    panels = curve_panels(result)
     try:
-        return _plot_curves_matplotlib(result)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         logger.info("gradcam: matplotlib is not installed; drawing the curves with PIL")
-        return _plot_curves_pil(result)
-
-
-def _curve_items(result: EvaluationResult) -> list[tuple[str, dict[str, list[float]]]]:
-    titles = {m.name: m.title for m in result.methods}
-    return [(titles.get(name, name), curves) for name, curves in result.curves.items()]
-
-
-def _plot_curves_matplotlib(result: EvaluationResult) -> Image.Image:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+        return curves_image(panels, 1.0 if result.settings.score == "probability" else None, 1000)
     figure = Figure(figsize=(11, 4.2), dpi=100)
     FigureCanvasAgg(figure)
-    items = _curve_items(result)
-    for index, mode in enumerate(("deletion", "insertion")):
-        axes = figure.add_subplot(1, 2, index + 1)
-        for j, (title, curves) in enumerate(items):
-            style = "--" if title.startswith("Baseline") else "-"
-            colour = tuple(c / 255 for c in _CURVE_COLOURS[j % len(_CURVE_COLOURS)])
-            axes.plot(curves["fractions"], curves[mode], style, color=colour, label=title, linewidth=1.5)
-        axes.set_xlabel("fraction of pixels " + ("removed" if mode == "deletion" else "inserted"))
-        axes.set_ylabel(f"{result.settings.score} of the explained class")
-        axes.set_title(mode.capitalize())
-        axes.set_xlim(0, 1)
-        axes.grid(alpha=0.3)
-    figure.axes[1].legend(fontsize=7, loc="lower right")
+    for index, panel in enumerate(panels):
+        draw_panel(figure.add_subplot(1, 2, index + 1), panel, f"{result.settings.score} of the explained class",
+                   legend=index == 1)  # fmt: skip
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
-
-
-def _plot_curves_pil(result: EvaluationResult, width: int = 1000, height: int = 420) -> Image.Image:
-    canvas = Image.new("RGB", (width, height), "white")
-    pen = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    items = _curve_items(result)
-    top_value = max([1e-9] + [max(c[mode]) for _, c in items for mode in ("deletion", "insertion")])
-    top_value = 1.0 if result.settings.score == "probability" else top_value
-    plot_w, margin = width // 2 - 70, 50
-    for index, mode in enumerate(("deletion", "insertion")):
-        left, bottom, top = 50 + index * (width // 2), height - margin, 30
-        pen.rectangle((left, top, left + plot_w, bottom), outline=(0, 0, 0))
-        pen.text((left + plot_w // 2 - 25, 10), mode.capitalize(), fill=(0, 0, 0), font=font)
-        pen.text((left, bottom + 8), "0", fill=(0, 0, 0), font=font)
-        pen.text((left + plot_w - 6, bottom + 8), "1", fill=(0, 0, 0), font=font)
-        pen.text((left - 28, top), f"{top_value:.2g}", fill=(0, 0, 0), font=font)
-        for j, (title, curves) in enumerate(items):
-            colour = _CURVE_COLOURS[j % len(_CURVE_COLOURS)]
-            points = [
-                (left + f * plot_w, bottom - (v / top_value) * (bottom - top))
-                for f, v in zip(curves["fractions"], curves[mode])
-            ]
-            pen.line(points, fill=colour, width=2)
-            if index == 1:
-                pen.text((left + 8, top + 6 + 12 * j), title, fill=colour, font=font)
-    return canvas

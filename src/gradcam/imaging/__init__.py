@@ -1,6 +1,7 @@
 """Image files, preprocessing geometry and drawing. Knows nothing about models or gradients."""
 
 from gradcam.imaging.concepts import CONCEPT_COLORS, concept_overlay, draw_concepts
+from gradcam.imaging.curves import CurvePanel, CurveSeries, curves_image, plot_curves
 from gradcam.imaging.draw import (
     apply_colormap,
     available_colormaps,
@@ -40,6 +41,8 @@ from gradcam.imaging.sequences import frame_strip, signal_plot
 __all__ = [
     "CONCEPT_COLORS",
     "IMAGE_EXTENSIONS",
+    "CurvePanel",
+    "CurveSeries",
     "Geometry",
     "ImageReadError",
     "PreprocessConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "compare_methods",
     "compute_geometry",
     "concept_overlay",
+    "curves_image",
     "draw_box",
     "draw_concepts",
     "draw_contour",
@@ -63,6 +67,7 @@ __all__ = [
     "mask_outline",
     "overlay",
     "panel",
+    "plot_curves",
     "preprocess",
     "preprocess_batch",
     "read_pixels",

@@ -3,7 +3,8 @@
 ``Explanation.show()`` and ``Explanation._repr_png_`` (inline display in Jupyter) use
 :func:`explanation_grid`; :func:`compare_methods` lays several methods' maps of the same images side by side.
 Each tile is the map's overlay on the original image when the image is given (mapped back through its
-:class:`Geometry`), else the coloured map itself; each title says the class (label) and the explained score.
+:class:`Geometry`), else the coloured map itself; each title says the class (label) and the explained score,
+and ends with :data:`ZERO_MAP_NOTE` when the map is identically zero (it draws as a blank tile).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from .geometry import Geometry
 if TYPE_CHECKING:
     from ..explanation import Explanation
 
-__all__ = ["compare_methods", "explanation_grid", "grid"]
+__all__ = ["ZERO_MAP_NOTE", "compare_methods", "explanation_grid", "grid"]
+
+#: Appended to the title of a tile whose map is identically zero (e.g. a counterfactual map where no
+#: channel lowers the score), so the blank tile is not taken for a drawing error.
+ZERO_MAP_NOTE = " (map is zero)"
 
 
 def grid(
@@ -91,7 +96,9 @@ def _title(explanation: Explanation, b: int, j: int | None, labels: Sequence[str
         c = int(explanation.classes[index])
         name = labels[c] if labels is not None and 0 <= c < len(labels) else f"class {c}"
     against = "against " if explanation.counterfactual else ""
-    return f"{prefix}{against}{name} ({score:.3g})"
+    heatmap = explanation.heatmap[index]
+    zero = ZERO_MAP_NOTE if not bool(heatmap.detach().ne(0).any()) else ""
+    return f"{prefix}{against}{name} ({score:.3g}){zero}"
 
 
 def explanation_grid(

@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from ..errors import GradCAMError
+from ..imaging.curves import CURVE_COLOURS
 from ..imaging.draw import apply_colormap
-from ._page import PAGE_SIZE, render_page
+from ._page import METHOD_FILTER, PAGE_SIZE, render_page
 
 __all__ = ["PAGE_SIZE", "THUMBNAIL_SIZE", "ReportError", "ReportSummary", "embed_json", "write_html_report"]
 
@@ -39,6 +41,8 @@ THUMBNAIL_SIZE = 256
 FILES_FOLDER = "report_files"
 JPEG_QUALITY = 85
 _THUMB_NAME = re.compile(r"[0-9a-f]{12}\.(?:jpg|png)")
+#: PNG text key of a map thumbnail: "1" when the map is identically zero (the page says so under it).
+ZERO_KEY = "gradcam-zero-map"
 #: At most this many points per curve in the SVG (evenly picked, the last one kept).
 CURVE_POINTS = 101
 
@@ -135,13 +139,17 @@ def _fit(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> None:
-    """The map ``source`` (a .npy (H, W) heatmap in [0, 1], or a picture) at ``size`` (default: fitted)."""
+def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> bool:
+    """The map ``source`` (a .npy (H, W) heatmap in [0, 1], or a picture) at ``size`` (default: fitted).
+    Returns whether the map is identically zero (known for .npy maps only; kept in the PNG's
+    :data:`ZERO_KEY` text chunk so a reused thumbnail still knows)."""
+    zero = False
     if source.suffix.lower() == ".npy":
         values = np.asarray(np.load(source, allow_pickle=False), dtype=np.float32)
         values = np.squeeze(values)
         if values.ndim != 2:
             raise ValueError(f"expected an (H, W) heatmap, got shape {values.shape}")
+        zero = not bool(np.any(values != 0))
         values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
         target = size or _fit((values.shape[1], values.shape[0]))
         resized = np.asarray(Image.fromarray(values, "F").resize(target, Image.Resampling.BILINEAR))
@@ -150,7 +158,15 @@ def _map_thumbnail(source: Path, thumb: Path, size: tuple[int, int] | None) -> N
         with Image.open(source) as opened:
             picture = opened.convert("RGB")
         picture = picture.resize(size or _fit(picture.size), Image.Resampling.BILINEAR)
-    _save_atomic(picture, thumb, format="PNG")
+    text = PngInfo()
+    text.add_text(ZERO_KEY, "1" if zero else "0")
+    _save_atomic(picture, thumb, format="PNG", pnginfo=text)
+    return zero
+
+
+def _thumbnail_is_zero(thumb: Path) -> bool:
+    with Image.open(thumb) as opened:  # reads the header and text chunks only
+        return opened.info.get(ZERO_KEY) == "1"
 
 
 @dataclass
@@ -162,6 +178,7 @@ class _Job:
     size: tuple[int, int] | None = None
     ok: bool = False
     made: bool = False
+    zero: bool = False  # a map that is identically zero
     error: str | None = None
 
 
@@ -175,8 +192,10 @@ def _run_job(job: _Job) -> None:
                 job.size = _photo_thumbnail(job.source, job.thumb)
                 job.made = True
         else:
-            if not _is_fresh(job.thumb, job.source):
-                _map_thumbnail(job.source, job.thumb, job.photo.size if job.photo and job.photo.ok else None)
+            if _is_fresh(job.thumb, job.source):
+                job.zero = _thumbnail_is_zero(job.thumb)
+            else:
+                job.zero = _map_thumbnail(job.source, job.thumb, job.photo.size if job.photo and job.photo.ok else None)
                 job.made = True
         job.ok = True
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -260,6 +279,7 @@ def _explain_data(out: Path, manifest: Any, threads: int) -> tuple[dict[str, Any
             item["x"] = photo.error
         item["o"] = [
             [m, label, score, job.thumb.stem if job is not None and job.ok else None]
+            + ([1] if job is not None and job.ok and job.zero else [])
             for m, label, score, job in outputs
         ]
     failed = [
@@ -327,23 +347,22 @@ def metric_table(summary: dict[str, Any]) -> str:
     body = []
     for row in ordered:
         title = html.escape(str(row.get("title") or row.get("method") or "?"))
+        method = f' data-method="{html.escape(str(row.get("method") or "?"))}"'
         kind = ' class="baseline"' if row.get("baseline") else ""
         if row.get("error"):
             reason = html.escape(str(row["error"]).splitlines()[0][:200])
-            body.append(f'<tr class="error"><th>{title}</th><td colspan="{max(1, len(columns))}">not evaluated: '
-                        f"{reason}</td></tr>")  # fmt: skip
+            body.append(f'<tr class="error"{method}><th>{title}</th><td colspan="{max(1, len(columns))}">'
+                        f"not evaluated: {reason}</td></tr>")  # fmt: skip
             continue
         cells = []
         for column in columns:
             value = _finite(row.get(column))
             cells.append("<td>–</td>" if value is None else f"<td>{COLUMNS[column][1].format(value)}</td>")
-        body.append(f"<tr{kind}><th>{title}</th>{''.join(cells)}</tr>")
+        body.append(f"<tr{kind}{method}><th>{title}</th>{''.join(cells)}</tr>")
     return f'<table class="metrics"><thead><tr><th>Method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-_COLOURS = (
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+_COLOURS = tuple("#{:02x}{:02x}{:02x}".format(*colour) for colour in CURVE_COLOURS)  # as curves.png draws them
 
 
 def _thin(values: list[float], count: int) -> list[int]:
@@ -395,7 +414,8 @@ def curves_svg(curves: dict[str, Any], titles: dict[str, str] | None = None, sco
             )
         parts.append("</g>")
     legend = "".join(
-        f'<span><i style="background:{_COLOURS[j % 10]}"></i>{html.escape(titles.get(name, name))}</span>'
+        f'<span data-method="{html.escape(name)}"><i style="background:{_COLOURS[j % 10]}"></i>'
+        f"{html.escape(titles.get(name, name))}</span>"
         for j, name in enumerate(usable)
     )
     parts.append("</svg>")
@@ -415,7 +435,7 @@ def _evaluation_html(out: Path, summary: Any, curves: Any) -> str:
     if summary.get("seconds") is not None:
         facts.append(f"{summary['seconds']} s")
     parts = ['<section id="evaluation"><h2>Evaluation</h2>', f'<p class="facts">{html.escape(", ".join(facts))}</p>',
-             metric_table(summary)]  # fmt: skip
+             METHOD_FILTER, metric_table(summary)]  # fmt: skip
     if isinstance(curves, dict) and curves:
         parts.append("<h3>Deletion and insertion curves</h3>")
         parts.append(curves_svg(curves, titles, str(settings.get("score", "score"))))
@@ -431,7 +451,8 @@ def _evaluation_html(out: Path, summary: Any, curves: Any) -> str:
         for path in sorted(examples, key=lambda p: (order.get(p.stem, len(order)), p.stem)):
             title = html.escape(titles.get(path.stem, path.stem))
             src = html.escape(f"examples/{path.name}")
-            parts.append(f'<figure><img loading="lazy" src="{src}" alt="{title} best and worst">'
+            parts.append(f'<figure data-method="{html.escape(path.stem)}">'
+                         f'<img loading="lazy" src="{src}" alt="{title} best and worst">'
                          f"<figcaption>{title}</figcaption></figure>")  # fmt: skip
         parts.append("</div>")
     parts.append("</section>")

@@ -47,6 +47,7 @@ svg.curves{max-width:100%;height:auto;font-size:12px}
 .examples img{max-width:100%;height:auto}
 img.wide{max-width:100%;height:auto}
 .empty{color:#666}
+.zero-note{margin:2px 0 0;font-size:12px;color:#8a5a00;font-style:italic}
 """
 
 _SCRIPT = r"""
@@ -133,6 +134,10 @@ _SCRIPT = r"""
     fig.appendChild(stack);
     var score = out[2] === null ? "" : " (score " + Number(out[2]).toPrecision(3) + ")";
     fig.appendChild(el("figcaption", null, D.methods[out[0]] + score));
+    if (out[4]) {  // a blank overlay is not a drawing error: say the map is zero
+      fig.classList.add("zero");
+      fig.appendChild(el("p", "zero-note", "map is zero"));
+    }
     if (out[3]) {
       var slider = el("input", "opacity");
       slider.type = "range"; slider.min = 0; slider.max = 100; slider.value = state.opacity;
@@ -238,6 +243,30 @@ _CONTROLS = """<p class="facts" id="facts"></p>
 </div>"""
 
 
+#: The evaluation part's filter: methods whose name or title lacks the text are hidden from the table, the
+#: curves, their legend and the examples.
+METHOD_FILTER = (
+    '<p class="method-filter"><label>Methods <input type="search" id="method-filter" '
+    'placeholder="name or title, e.g. grad" aria-label="show only the methods matching"></label></p>'
+)
+
+_EVALUATION_SCRIPT = r"""
+(function () {
+  var box = document.getElementById("method-filter");
+  if (!box) return;
+  box.addEventListener("input", function () {
+    var q = box.value.trim().toLowerCase();
+    document.querySelectorAll("#evaluation [data-method]").forEach(function (node) {
+      var text = (node.dataset.method + " " + node.textContent).toLowerCase();
+      var hide = q !== "" && text.indexOf(q) < 0;
+      if (node.tagName.toLowerCase() === "polyline") node.style.display = hide ? "none" : "";
+      else node.hidden = hide;
+    });
+  });
+})();
+"""
+
+
 def render_page(title: str, data_json: str | None, evaluation_html: str | None) -> str:
     """The whole page: ``data_json`` (already made safe by :func:`~gradcam.report.embed_json`) drives the
     item browser; ``evaluation_html`` (static, escaped) goes above it. Either may be None."""
@@ -252,6 +281,7 @@ def render_page(title: str, data_json: str | None, evaluation_html: str | None) 
     parts.append("</header><main>")
     if evaluation_html:
         parts.append(evaluation_html)
+        parts.append(f"<script>{_EVALUATION_SCRIPT}</script>")
     if data_json is not None:
         parts += [_PAGER, '<div id="grid"></div>', _PAGER]
         parts.append(f'<script type="application/json" id="report-data">{data_json}</script>')
