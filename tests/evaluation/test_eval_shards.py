@@ -19,6 +19,7 @@ from gradcam.evaluation.report import METHODS_TILE_HEIGHT, figure_columns, map_o
 from gradcam.evaluation.results import Timing, cost
 from gradcam.evaluation.sources import BaselineSource
 from gradcam.imaging import draw
+from gradcam.imaging.grids import ZERO_MAP_NOTE
 from gradcam.imaging.geometry import preprocess
 from tolerances import cam_magnitude, heatmap_atol, layer_output, sum_atol
 
@@ -174,6 +175,17 @@ def test_methods_figure_shows_every_methods_map_of_the_same_images(synthetic):
     assert all(m.untyped_storage().nbytes() == 112 * 112 * 4 for m in kept)
     # the two rows of the two-object image differ: Grad-CAM's map depends on the class
     assert not torch.equal(two[0].maps["gradcam"], two[1].maps["gradcam"])
+    # a blank tile says that its map is zero (here: a counterfactual map made zero), the others do not
+    titled = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(draw, "panel", lambda tiles, titles, **kw: titled.append(titles) or Image.new("RGB", (1, 1)))
+        one[0].maps["counterfactual"] = torch.zeros_like(one[0].maps["counterfactual"])
+        methods_figure(result)
+    for row, titles in zip(result.figure, titled):
+        for (name, title), shown in zip(columns, titles[1:]):
+            zero = not bool(row.maps[name].ne(0).any())
+            assert shown == title + (ZERO_MAP_NOTE if zero else ""), (row.index, name)
+    assert titled[result.figure.index(one[0])][2].endswith(ZERO_MAP_NOTE)
 
 
 def test_the_random_baseline_depends_on_the_batch_not_on_what_ran_before():

@@ -25,6 +25,7 @@ from PIL import Image
 from ..imaging import draw
 from ..imaging.curves import CurvePanel, CurveSeries, curves_image, draw_panel
 from ..imaging.geometry import Geometry
+from ..imaging.grids import ZERO_MAP_NOTE
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
 from .results import EvaluationResult, Example, FigureRow
 
@@ -235,13 +236,16 @@ def _row_title(row: FigureRow, labels: Sequence[str] | None) -> str:
 def methods_figure(result: EvaluationResult, tile_height: int = METHODS_TILE_HEIGHT) -> Image.Image:
     """Every method's map of the same images: one row per (image, class) of ``result.figure`` holding the
     original and then, per method of :func:`figure_columns`, its map of that class overlaid
-    (:func:`map_on_image`), each row a :func:`gradcam.imaging.draw.panel` titled by method; rows are
-    stacked top to bottom on white, left-aligned."""
+    (:func:`map_on_image`), each row a :func:`gradcam.imaging.draw.panel` titled by method (a map that is
+    identically zero says so: :data:`~gradcam.imaging.grids.ZERO_MAP_NOTE`); rows are stacked top to
+    bottom on white, left-aligned."""
     columns = figure_columns(result)
     rows = []
     for row in result.figure:
         tiles = [row.image] + [map_on_image(row.image, row.geometry, row.maps[name]) for name, _ in columns]
-        titles = [_row_title(row, result.labels)] + [title for _, title in columns]
+        titles = [_row_title(row, result.labels)] + [
+            title + (ZERO_MAP_NOTE if not bool(row.maps[name].ne(0).any()) else "") for name, title in columns
+        ]
         rows.append(draw.panel(tiles, titles, tile_height=tile_height))
     canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     top = 0
