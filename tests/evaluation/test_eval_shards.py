@@ -19,8 +19,8 @@ from gradcam.evaluation.report import METHODS_TILE_HEIGHT, figure_columns, map_o
 from gradcam.evaluation.results import Timing, cost
 from gradcam.evaluation.sources import BaselineSource
 from gradcam.imaging import draw
-from gradcam.imaging.grids import ZERO_MAP_NOTE
 from gradcam.imaging.geometry import preprocess
+from gradcam.imaging.grids import ZERO_MAP_NOTE
 from tolerances import cam_magnitude, heatmap_atol, layer_output, sum_atol
 
 SETTINGS = EvaluationSettings(
