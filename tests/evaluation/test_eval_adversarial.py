@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from gradcam.evaluation import (
@@ -238,3 +239,18 @@ def test_lite0_on_the_sample_photos() -> None:
     assert clean["success"] == 0.0
     assert_close(clean["rank_corr"], 1.0, terms=224 * 224, dtype=torch.float64)
     assert large["success"] == 100.0 and large["rank_corr"] < 0.6
+
+
+def test_the_command_writes_the_table_and_the_figure(tmp_path, capsys) -> None:
+    from gradcam.cli import main
+
+    out = tmp_path / "adv"
+    argv = ["evaluate", "adversarial", "--synthetic", "--images", "3", "--epsilons", "0,8", "--steps", "2",
+            "--figure-images", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[0].startswith("| method | eps (/255) | success % |")
+    assert stdout.splitlines()[2].startswith("| Grad-CAM | 0 | 0.0 | ")
+    assert (out / "table.md").read_text().strip() == stdout.strip()
+    figure = Image.open(out / "adversarial.png")
+    assert figure.height > 2 * 128 and figure.width > 4 * 128  # 2 rows of 4 tiles of 128 px
