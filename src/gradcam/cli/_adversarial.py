@@ -26,7 +26,7 @@ def add_adversarial_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_EPSILONS})",
     )  # fmt: skip
     group.add_argument("--attack", choices=("fgsm", "pgd"), help="FGSM or PGD (default pgd)")
-    group.add_argument("--steps", type=int, help="PGD iterations (default 10)")
+    group.add_argument("--steps", type=int, metavar="N", help="PGD iterations (default 10)")
     group.add_argument(
         "--step-size", type=float, metavar="LEVELS", help="PGD step in pixel levels (default 2.5 * eps / steps)"
     )
