@@ -10,7 +10,8 @@ class present in the image, not only towards a second object's class; or targete
 on the adversarial image,
 
 - ``success``: the percentage of images the model classified right before the attack (its top-1 class is
-  one present in the image) whose top-1 class is no longer present (untargeted) / is the target;
+  one present in the image; targeted: and the target is not present) whose top-1 class is no longer
+  present (untargeted) / is the target;
 - the TRUE class's map: pointing accuracy (:class:`.PointingGame`, percent of maps), mean IoU of its
   box with the class's box and box accuracy at IoU >= 0.5 (:class:`.BoxAccuracy`), its energy in the box
   (:class:`.BoxEnergy`) and ``rank_corr``, Spearman's correlation with the clean image's map
@@ -220,7 +221,8 @@ def _run_batch(
     """Attack one batch at every epsilon and score every method's maps on it."""
     logits = _predict(loaded, batch.pixels)
     true, present = _present(batch.truths, logits)
-    correct = [int(logits[b].argmax()) in present[b] for b in range(len(present))]
+    # attacked: classified right, and (targeted) the target is not an object of the image already
+    correct = [int(logits[b].argmax()) in present[b] and plan.target not in present[b] for b in range(len(present))]
     if plan.target is None:  # untargeted: move the probability off every class present
         labels = torch.zeros_like(logits, dtype=torch.bool)
         for b, classes in enumerate(present):
