@@ -219,9 +219,9 @@ def test_a_large_eps_fools_the_synthetic_cnn_and_moves_its_maps(synthetic, tmp_p
 def test_the_table_formats_each_column() -> None:
     result = AdversarialResult("m", None, {}, rows=[{
         "method": "gradcam", "epsilon_255": 2.0, "success": 62.5, "true_pointing": 87.5, "true_iou": 0.41234,
-        "true_energy": 55.55, "rank_corr": 0.5, "adv_pointing": math.nan, "adv_energy": 12.0,
+        "true_energy": 55.55, "true_empty": 3, "rank_corr": 0.5, "adv_pointing": math.nan, "adv_energy": 12.0,
     }])  # fmt: skip
-    row = "| Grad-CAM | 2 | 62.5 | 87.5 | 0.412 | 55.5 | 0.500 | – | 12.0 |"
+    row = "| Grad-CAM | 2 | 62.5 | 87.5 | 0.412 | 55.5 | 3 | 0.500 | – | 12.0 |"
     assert format_adversarial_table(result).splitlines()[2] == row
 
 

@@ -14,8 +14,9 @@ on the adversarial image,
   present (untargeted) / is the target;
 - the TRUE class's map: pointing accuracy (:class:`.PointingGame`, percent of maps), mean IoU of its
   box with the class's box and box accuracy at IoU >= 0.5 (:class:`.BoxAccuracy`), its energy in the box
-  (:class:`.BoxEnergy`) and ``rank_corr``, Spearman's correlation with the clean image's map
-  (:func:`.statistics.spearman`, mean over images);
+  (:class:`.BoxEnergy`, over the maps that are not all zero; ``true_empty`` counts the others) and
+  ``rank_corr``, Spearman's correlation with the clean image's map (:func:`.statistics.spearman`, mean
+  over images; an all-zero map, which points at the image centre, has no ranks and is left out);
 - the ADVERSARIAL class's map (the adversarial top-1, or the target): whether it points at any true
   object (pointing game against every ground-truth box) and its energy in them.
 
@@ -163,6 +164,7 @@ class _Metrics:
             "true_iou": boxes["mean_iou"],
             "true_box_accuracy": boxes["accuracy"],
             "true_energy": self.energy.summary()["energy"],
+            "true_empty": self.energy.empty,
             "rank_corr": sum(finite) / len(finite) if finite else math.nan,
             "adv_pointing": self.adversarial_pointing.summary()["overall"],
             "adv_energy": self.adversarial_energy.summary()["energy"],

@@ -32,6 +32,7 @@ COLUMNS = {
     "true_pointing": ("true: pointing %", ".1f"),
     "true_iou": ("true: IoU", ".3f"),
     "true_energy": ("true: energy %", ".1f"),
+    "true_empty": ("true: empty maps", "d"),
     "rank_corr": ("true: rank corr.", ".3f"),
     "adv_pointing": ("adv: pointing %", ".1f"),
     "adv_energy": ("adv: energy %", ".1f"),
