@@ -27,7 +27,7 @@ from gradcam.evaluation import (
     write_adversarial_report,
 )
 from gradcam.evaluation.adversarial import loss_gradient
-from gradcam.evaluation.robustness import AdversarialResult
+from gradcam.evaluation.adversarial_experiment import AdversarialResult
 from tolerances import assert_close, unit_roundoff
 
 

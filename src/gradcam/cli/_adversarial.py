@@ -84,7 +84,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _items(args: argparse.Namespace, loaded) -> list:
     from ..evaluation import load_annotated_folder, synthetic_items
-    from ..evaluation.robustness import sample_items
+    from ..evaluation.adversarial_experiment import sample_items
 
     if args.synthetic:
         return synthetic_items(args.images or 64, seed=args.seed)
@@ -97,8 +97,8 @@ def _items(args: argparse.Namespace, loaded) -> list:
 
 
 def run_adversarial(args: argparse.Namespace) -> int:
-    from ..evaluation.robustness import adversarial_robustness
-    from ..evaluation.robustness_report import format_adversarial_table, write_adversarial_report
+    from ..evaluation.adversarial_experiment import adversarial_robustness
+    from ..evaluation.adversarial_report import format_adversarial_table, write_adversarial_report
     from .evaluate import _load
 
     epsilons = _epsilons(args.epsilons or DEFAULT_EPSILONS)

@@ -63,7 +63,7 @@ class AdversarialExample:
 @dataclass
 class AdversarialResult:
     """``rows``: one summary per (method, epsilon); ``per_image``: one row per (method, epsilon, image);
-    ``examples[(method, epsilon)]``: the first images, for :func:`.robustness_report.adversarial_figure`."""
+    ``examples[(method, epsilon)]``: the first images, for :func:`.adversarial_report.adversarial_figure`."""
 
     model: str
     labels: list[str] | None

@@ -19,7 +19,7 @@ from PIL import Image
 from ..imaging.draw import overlay
 from ..imaging.grids import grid
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
-from .robustness import AdversarialResult
+from .adversarial_experiment import AdversarialResult
 from .sources import title
 
 __all__ = ["COLUMNS", "adversarial_figure", "format_adversarial_table", "write_adversarial_report"]
