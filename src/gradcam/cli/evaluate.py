@@ -26,13 +26,16 @@ from ._common import (
 )
 
 COMMAND = "evaluate"
-HELP = "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic)"
+HELP = (
+    "measure localization, pointing and faithfulness of every method, or how maps move under adversarial attacks "
+    "(ImageNet-format folder or --synthetic)"
+)
 EPILOG = (
     "Exit code 1 when no method could be evaluated, or when a method named with --method could not be (the table "
     "of the others is still written); methods of the default set that cannot be evaluated with the model are "
     "listed on stderr and do not change the exit code."
 )
-TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
+TASK_CHOICES = ("localization", "pointing", "faithfulness", "all", "adversarial")
 
 # Defaults that differ for the synthetic benchmark (112 px images, 6 classes).
 SYNTHETIC_DEFAULTS = {"images": 200, "top_k": 1, "tolerance": 4.0, "step": 224, "faithfulness_images": 100}
@@ -44,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.faithfulness import SCORES
     from ..methods import METHODS
 
-    parser.add_argument("task", choices=TASK_CHOICES, help="what to measure ('all': the three together)")
+    parser.add_argument(
+        "task", choices=TASK_CHOICES,
+        help="what to measure ('all': the first three together; 'adversarial': how maps move under FGSM / PGD)",
+    )  # fmt: skip
     parser.add_argument(
         "path", nargs="?", metavar="IMAGES", help="folder of images with PASCAL-VOC .xml annotations (same stems)"
     )
@@ -94,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patch", type=int, default=32, help="occlusion patch (32)")
     group.add_argument("--stride", type=int, default=16, help="occlusion stride (16)")
     group.add_argument("--fill", type=float, default=0.0, help="occlusion fill value in input space (0)")
+    from ._adversarial import add_adversarial_arguments
+
+    add_adversarial_arguments(parser)
     parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--html", action="store_true", help="also write OUT/report.html (table, curves, examples)")
@@ -123,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import TASKS, EvaluationSettings, evaluate, load_annotated_folder, synthetic_items
     from ..evaluation.report import describe, format_table, write_report
 
+    if args.task == "adversarial":
+        from ._adversarial import run_adversarial
+
+        return run_adversarial(args)
+    from ._adversarial import reject_adversarial_options
+
+    reject_adversarial_options(args)
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:
         raise CLIError(f"--figure-images must be >= 0; got {args.figure_images}")

@@ -9,6 +9,7 @@ Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
 - :class:`DeletionInsertion` — RISE's deletion / insertion AUC.
 - :class:`ConfidenceChange` — Grad-CAM++'s Average Drop and Increase in Confidence.
 - :class:`OcclusionCorrelation` — Spearman correlation with occlusion maps (Grad-CAM §5.3).
+- :func:`adversarial_robustness` — how maps move under FGSM / PGD (:func:`fgsm`, :func:`pgd`; Grad-CAM §6.2).
 
 Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
 :class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
@@ -17,6 +18,7 @@ every registered method and the trivial baselines; :func:`write_report` writes t
 
 from __future__ import annotations
 
+from .adversarial import ATTACKS, AttackError, attack, fgsm, pgd
 from .complexity import Complexity, gini, map_entropy
 from .datasets import (
     AnnotatedImage,
@@ -38,16 +40,22 @@ from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGam
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
 from .results import TASKS, EvaluationResult, EvaluationSettings
+from .adversarial_experiment import EPSILONS, AdversarialResult, adversarial_robustness, sample_items
+from .adversarial_report import adversarial_figure, format_adversarial_table, write_adversarial_report
 from .runner import evaluate
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
 
 __all__ = [
+    "ATTACKS",
     "BASELINES",
     "CLASSES",
+    "EPSILONS",
     "TASKS",
+    "AdversarialResult",
     "AnnotatedImage",
+    "AttackError",
     "BoxAccuracy",
     "BoxEnergy",
     "Complexity",
@@ -60,12 +68,17 @@ __all__ = [
     "PointingGame",
     "SyntheticCNN",
     "SyntheticShapes",
+    "adversarial_figure",
+    "adversarial_robustness",
+    "attack",
     "auc",
     "average_ranks",
     "box_iou",
     "connected_components",
     "default_methods",
     "evaluate",
+    "fgsm",
+    "format_adversarial_table",
     "format_table",
     "gaussian_blur",
     "gini",
@@ -77,11 +90,14 @@ __all__ = [
     "occlusion_map",
     "peak_point",
     "perturbation_curves",
+    "pgd",
     "read_voc_xml",
     "saliency_2d",
+    "sample_items",
     "spearman",
     "synthetic_items",
     "voc_xml",
+    "write_adversarial_report",
     "write_annotated_folder",
     "write_report",
 ]
