@@ -19,6 +19,8 @@ every registered method and the trivial baselines; :func:`write_report` writes t
 from __future__ import annotations
 
 from .adversarial import ATTACKS, AttackError, attack, fgsm, pgd
+from .adversarial_experiment import EPSILONS, AdversarialResult, adversarial_robustness, sample_items
+from .adversarial_report import adversarial_figure, format_adversarial_table, write_adversarial_report
 from .complexity import Complexity, gini, map_entropy
 from .datasets import (
     AnnotatedImage,
@@ -40,8 +42,6 @@ from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGam
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
 from .results import TASKS, EvaluationResult, EvaluationSettings
-from .adversarial_experiment import EPSILONS, AdversarialResult, adversarial_robustness, sample_items
-from .adversarial_report import adversarial_figure, format_adversarial_table, write_adversarial_report
 from .runner import evaluate
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
