@@ -24,7 +24,7 @@ def test_automatic_layers_are_the_stage_outputs():
     assert fused.layer_names == ["relu", "layer1", "layer2", "layer3", "layer4"]
 
 
-@pytest.mark.parametrize("reduce", ["mean", "max"])
+@pytest.mark.parametrize("reduce", ["mean", "max", "product"])
 def test_fused_map_equals_per_layer_maps_fused_by_hand(gap_net, reduce):
     torch.manual_seed(9)
     x = torch.randn(2, 3, 8, 8)
@@ -39,7 +39,10 @@ def test_fused_map_equals_per_layer_maps_fused_by_hand(gap_net, reduce):
         # itself; a normalised map's error is that over its span, and a mean or max of maps keeps the largest
         channels = layer_output(gap_net, layer, x).shape[1]
         atol = max(atol, heatmap_atol(raw, (8, 8), sum_atol(channels, float(raw.max()))))
-    expected = torch.stack(maps).mean(0) if reduce == "mean" else torch.stack(maps).amax(0)
+    stacked = torch.stack(maps)
+    expected = {"mean": stacked.mean(0), "max": stacked.amax(0), "product": stacked.prod(0)}[reduce]
+    if reduce == "product":  # maps in [0, 1]: the product's error is at most the sum of the factors' errors
+        atol *= len(layers)
     assert expected.max() > 0
     torch.testing.assert_close(fused.raw, expected, rtol=0, atol=atol)
     span = float((expected.amax((-2, -1)) - expected.amin((-2, -1))).min())
@@ -74,3 +77,15 @@ def test_bad_arguments_name_the_problem(gap_net):
         gradcam.MultiLayerCAM(gap_net, [])
     with pytest.raises(gradcam.LayerError, match="not found"):
         gradcam.MultiLayerCAM(gap_net, ["act", "nope"])
+
+
+def test_refinecam_is_gradcam_plus_plus_on_every_stage_multiplied(gap_net):
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 8, 8)
+    refined = gradcam.RefineCAM(gap_net)(x, [1, 3])
+    assert refined.layer == "body.2+act"  # the automatic stages: 8 x 8 and 4 x 4
+    reference = gradcam.MultiLayerCAM(gap_net, ["body.2", "act"], method="gradcam++", reduce="product")(x, [1, 3])
+    torch.testing.assert_close(refined.heatmap, reference.heatmap, rtol=0, atol=0)
+    parts = [gradcam.GradCAMPlusPlus(gap_net, layer)(x, [1, 3]).heatmap for layer in ("body.2", "act")]
+    assert torch.equal(refined.raw, parts[0] * parts[1])  # the same float32 products, in the same order
+    assert gradcam.METHODS["refinecam"].cls is gradcam.RefineCAM

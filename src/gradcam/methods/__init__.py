@@ -19,7 +19,7 @@ from .eigengradcam import EigenGradCAM
 from .elementwise import GradCAMElementWise
 from .finercam import FinerCAM
 from .fullgrad import FullGrad
-from .fusion import MultiLayerCAM
+from .fusion import MultiLayerCAM, RefineCAM
 from .gradcam import GradCAM
 from .gradcam_pp import GradCAMPlusPlus
 from .guided import GuidedBackprop, GuidedGradCAM
@@ -110,6 +110,11 @@ METHODS = MappingProxyType(
             "Multi-layer CAM",
             summary="LayerCAM (or another method) on several layers, normalised maps averaged",
         ),
+        "refinecam": MethodSpec(
+            RefineCAM,
+            "RefineCAM",
+            summary="RefineCAM: Grad-CAM++ on every stage, product of the normalised maps",
+        ),
         "fullgrad": MethodSpec(
             FullGrad,
             "FullGrad",
@@ -174,6 +179,7 @@ __all__ = [
     "MapContext",
     "MethodSpec",
     "MultiLayerCAM",
+    "RefineCAM",
     "ScoreCAM",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",

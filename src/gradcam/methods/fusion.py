@@ -18,7 +18,7 @@ from .base import Explainer, LayerMethod, check_input, normalize, usable_input
 
 logger = logging.getLogger("gradcam")
 
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = ("mean", "max", "product")
 
 
 def stage_layers(infos: Sequence[LayerInfo]) -> list[str]:
@@ -42,7 +42,8 @@ class MultiLayerCAM(Explainer):
     default as in LayerCAM's paper, or a :class:`LayerMethod` subclass; ``**method_options`` go to
     its constructor), upsampled to the input size and min-max normalised, so every layer counts
     the same; ``reduce="mean"`` averages them (pytorch-grad-cam's convention), ``"max"`` keeps the
-    strongest layer per pixel. ``raw`` is the fused map F (B, [k,] H, W) before the final
+    strongest layer per pixel, ``"product"`` multiplies them (RefineCAM: a pixel stays only where every
+    layer agrees). ``raw`` is the fused map F (B, [k,] H, W) before the final
     normalisation; ``weights`` is None; ``layer`` lists the layers joined by ``+``. ``layers=None``
     picks the output of every stage (the last feature map at each resolution). All layers explain the
     same classes (the first layer's, so a top-1 target is resolved once).
@@ -128,7 +129,7 @@ class MultiLayerCAM(Explainer):
             same = target if not explanations or explanations[0].classes is None else explanations[0].classes
             explanations.append(explainer(x, same, counterfactual=counterfactual, forward_kwargs=forward_kwargs))
         maps = torch.stack([e.heatmap for e in explanations])  # already upsampled and normalised
-        fused = maps.mean(dim=0) if self.reduce == "mean" else maps.amax(dim=0)
+        fused = {"mean": torch.mean, "max": torch.amax, "product": torch.prod}[self.reduce](maps, dim=0)
         first = explanations[0]
         return Explanation(
             heatmap=normalize(fused, x.dim() - 2),
@@ -140,3 +141,27 @@ class MultiLayerCAM(Explainer):
             counterfactual=counterfactual,
             logits=first.logits,
         )
+
+
+class RefineCAM(MultiLayerCAM):
+    """RefineCAM (TorchCAM's multi-layer refinement, "How to Evaluate and Refine your CAM"): Grad-CAM++ on
+    every stage, ``F = prod_l normalize(Up(L_l))``, ``heatmap = normalize(F)``.
+
+    :class:`MultiLayerCAM` with ``method="gradcam++"`` and ``reduce="product"`` as defaults. The maps are
+    multiplied at the input resolution; TorchCAM multiplies them at the largest layer's grid and leaves
+    the upsampling to the caller, which differs from this by the interpolation of a product against the
+    product of interpolations.
+    """
+
+    name = "refinecam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[nn.Module | str] | nn.Module | str | None = None,
+        *,
+        method: str | type[LayerMethod] = "gradcam++",
+        reduce: str = "product",
+        **options: Any,
+    ) -> None:
+        super().__init__(model, layers, method=method, reduce=reduce, **options)
