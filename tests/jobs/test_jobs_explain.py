@@ -15,7 +15,7 @@ from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normali
 from gradcam.imaging.io import load_image
 from gradcam.jobs import explain as jobs
 from gradcam.jobs.explain import ImageFiles, decoded_batches, maps_to_originals, prepare_image
-from gradcam.models._loaders import WholeImagePreprocess
+from gradcam.models import WholeImagePreprocess
 from tolerances import assert_close, cam_magnitude, heatmap_atol, layer_output, sum_atol
 
 CONFIG = PreprocessConfig(input_size=32, resize_size=40, interpolation="bicubic")
