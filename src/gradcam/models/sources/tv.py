@@ -18,6 +18,8 @@ from ..loaded import IMAGENET_PREPROCESS, LoadedModel, LoadRequest, ModelLoadErr
 from ..weights import copy_state, load_into, load_state_dict_file
 from . import tv_build
 
+# What a torchvision builder raises for options that do not suit the architecture.
+BUILD_ERRORS = (RuntimeError, ValueError, TypeError, KeyError, NotImplementedError)
 # What reading a weights enum's transforms raises when they are not an image-classification preset.
 TRANSFORM_ERRORS = (AttributeError, TypeError, ValueError, IndexError)
 
@@ -76,7 +78,11 @@ def build_pretrained(name: str, weights_enum: Any, state: Mapping[str, torch.Ten
     import torchvision
 
     builder = torchvision.models.get_model_builder(name)
-    model = tv_build.before_load(builder(**tv_build.pretrained_kwargs(builder, weights_enum, name)), name)
+    try:
+        model = builder(**tv_build.pretrained_kwargs(builder, weights_enum, name))
+    except BUILD_ERRORS as exc:
+        raise ModelLoadError(f"cannot build torchvision:{name} for its {weights_enum} weights: {exc}") from exc
+    model = tv_build.before_load(model, name)
     try:  # strict, as torchvision loads its own files (FrozenBatchNorm2d drops num_batches_tracked itself)
         model.load_state_dict(copy_state(state), strict=True)  # a copy: FrozenBatchNorm2d deletes keys
     except (RuntimeError, ValueError, KeyError):

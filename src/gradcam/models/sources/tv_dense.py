@@ -12,10 +12,7 @@ from torch import nn
 
 from ..loaded import IMAGENET_PREPROCESS, LoadedModel, LoadRequest, ModelLoadError, WholeImagePreprocess, finish
 from ..weights import load_into
-from .tv import TRANSFORM_ERRORS, build_pretrained, weights_and_state
-
-# What a torchvision builder raises for options that do not suit the architecture.
-_BUILD_ERRORS = (RuntimeError, ValueError, TypeError, NotImplementedError)
+from .tv import BUILD_ERRORS, TRANSFORM_ERRORS, build_pretrained, weights_and_state
 
 
 def dense_models() -> dict[str, str]:
@@ -76,7 +73,7 @@ def _build_finetuned(name: str, task: str, state: Mapping[str, torch.Tensor], so
         options["aux_loss"] = True
     try:
         model = torchvision.models.get_model_builder(name)(**options)
-    except _BUILD_ERRORS as exc:
+    except BUILD_ERRORS as exc:
         raise ModelLoadError(f"cannot build torchvision:{name} for the weights in {source}: {exc}") from exc
     load_into(model, state, source)
     return model
