@@ -85,17 +85,35 @@ def test_specs_that_name_nothing(spec: str, message: str) -> None:
 # ------------------------------------------------------------------------ torchvision without downloading
 
 
-def _random_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """``model``'s state with every float tensor redrawn (running variances positive), so that equal
-    states mean the file's tensors went where torchvision puts them."""
+def _random_state(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """``state`` with every float tensor redrawn (running variances positive), so that equal states
+    mean the file's tensors went where torchvision puts them."""
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in model.state_dict().items():
+    out = {}
+    for key, value in state.items():
         if value.is_floating_point():
             value = torch.randn(value.shape, generator=generator, dtype=value.dtype)
             value = value.abs() + 0.5 if key.endswith("running_var") else value
-        state[key] = value
-    return state
+        out[key] = value
+    return out
+
+
+def _published_layout(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """Random tensors laid out as torchvision's published file for ``name``: the state dict of the model
+    at the moment torchvision's own pretrained build loads its file into it (aux heads, no
+    num_batches_tracked under FrozenBatchNorm2d, ...)."""
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def capture(self: nn.Module, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        seen.append(self.state_dict())
+        return torch.nn.modules.module._IncompatibleKeys([], [])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(nn.Module, "load_state_dict", capture)
+        torchvision.models.get_model(name, weights=torchvision.models.get_model_weights(name).DEFAULT)
+    assert len(seen) == 1
+    return _random_state(seen[0], seed=1)
 
 
 def _reference(name: str, state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> nn.Module:
@@ -106,25 +124,10 @@ def _reference(name: str, state: dict[str, torch.Tensor], monkeypatch: pytest.Mo
         return torchvision.models.get_model(name, weights=weights).eval()
 
 
-# name, the builder options giving the layout of torchvision's published file, the default layer
-TORCHVISION_CASES = [
-    ("resnet18", {}, "layer4"),
-    ("googlenet", {"aux_logits": True, "init_weights": False}, "inception5b"),
-    (
-        "fasterrcnn_mobilenet_v3_large_320_fpn",
-        {"weights_backbone": None, "num_classes": 91},
-        "detector.backbone.body.16",
-    ),
-    ("deeplabv3_mobilenet_v3_large", {"weights_backbone": None, "num_classes": 21, "aux_loss": True}, "backbone.16"),
-]
-
-
-@pytest.mark.parametrize(("name", "options", "layer"), TORCHVISION_CASES)
-def test_torchvision_local_weights_match_torchvisions_pretrained_build(
-    name: str, options: dict[str, Any], layer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    torch.manual_seed(0)
-    state = _random_state(torchvision.models.get_model(name, weights=None, **options), seed=1)
+def _assert_same_as_torchvision(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Load ``name`` from a local file and compare it with torchvision's pretrained build of the same
+    file: module types, trainable flags, every tensor, aux heads, labels and preprocessing."""
+    state = _published_layout(name, monkeypatch)
     path = tmp_path / f"{name}.pth"
     torch.save(state, path)
     reference = _reference(name, state, monkeypatch)
@@ -134,6 +137,9 @@ def test_torchvision_local_weights_match_torchvisions_pretrained_build(
     loaded = load_model(f"torchvision:{name}", weights=path)
     model = getattr(loaded.model, "detector", loaded.model)  # detectors come wrapped
     assert [(n, type(m)) for n, m in model.named_modules()] == [(n, type(m)) for n, m in reference.named_modules()]
+    assert [(n, getattr(m, "eps", None)) for n, m in model.named_modules()] == [
+        (n, getattr(m, "eps", None)) for n, m in reference.named_modules()
+    ]
     assert [(n, p.requires_grad) for n, p in model.named_parameters()] == [
         (n, p.requires_grad) for n, p in reference.named_parameters()
     ]
@@ -145,17 +151,45 @@ def test_torchvision_local_weights_match_torchvisions_pretrained_build(
         if isinstance(getattr(reference, attribute, None), bool):
             assert getattr(model, attribute) == getattr(reference, attribute)
     assert loaded.labels == list(weights.meta["categories"])
-    assert loaded.default_layer == layer
     transforms = weights.transforms()
     if loaded.task == "detection":  # the detector resizes and normalises inside: pixels in [0, 1]
         assert (loaded.preprocess.mean, loaded.preprocess.std) == ((0.0,) * 3, (1.0,) * 3)
         assert loaded.preprocess.input_size == reference.transform.min_size[0]
-    else:
+    elif hasattr(transforms, "mean"):
         assert loaded.preprocess.interpolation == transforms.interpolation.value
         assert loaded.preprocess.mean == tuple(transforms.mean) and loaded.preprocess.std == tuple(transforms.std)
         assert loaded.preprocess.resize_size == transforms.resize_size[0]
         if loaded.task == "classification":
             assert loaded.preprocess.input_size == transforms.crop_size[0]
+    return loaded
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("resnet18", "layer4"),
+        ("googlenet", "inception5b"),  # aux heads loaded, then dropped; transform_input on
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "detector.backbone.body.16"),  # FrozenBatchNorm2d, frozen stages
+        ("deeplabv3_mobilenet_v3_large", "backbone.16"),  # aux_loss head
+    ],
+)
+def test_torchvision_local_weights_match_torchvisions_pretrained_build(
+    name: str, layer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _assert_same_as_torchvision(name, tmp_path, monkeypatch).default_layer == layer
+
+
+def _all_torchvision_models() -> list[str]:
+    modules = (torchvision.models, torchvision.models.detection, torchvision.models.segmentation)
+    return sorted(name for module in modules for name in torchvision.models.list_models(module=module))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _all_torchvision_models())
+def test_every_torchvision_model_matches_its_pretrained_build(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _assert_same_as_torchvision(name, tmp_path, monkeypatch)
 
 
 def _refuse_download(*args: object, **kwargs: object) -> None:
