@@ -4,9 +4,12 @@ torchvision's builders only take weights as a ``Weights`` enum, which they downl
 they also shape the model for it: the number of classes from ``meta["categories"]``, ``transform_input``
 and auxiliary heads for GoogLeNet / Inception-v3, the image size for ViT and MaxViT, the auxiliary head
 of FCN / DeepLabV3, the keypoints of Keypoint R-CNN, and for detectors a "trained" backbone (frozen
-batch norm in some, the first stages' parameters not trainable). :func:`pretrained_kwargs` and
-:func:`after_load` reproduce exactly that with ``weights=None``, so the state dict is loaded here, by
-:func:`gradcam.models.weights.load_into`, and nothing is fetched.
+batch norm in some, with eps 0 for the COCO_V1 files, the first stages' parameters not trainable).
+:func:`pretrained_kwargs`, :func:`before_load` and :func:`after_load` reproduce exactly that around a
+``weights=None`` build, and :func:`gradcam.models.sources.tv.build_pretrained` loads the state dict
+itself (``load_state_dict``, strict), so nothing is fetched. The slow test
+``test_every_torchvision_model_matches_its_pretrained_build`` compares the result with torchvision's
+own pretrained build for every model, which catches a torchvision release that shapes a model otherwise.
 """
 
 from __future__ import annotations
