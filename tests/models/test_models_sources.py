@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import re
 import textwrap
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,18 @@ def test_specs_that_name_nothing(spec: str, message: str) -> None:
 # ------------------------------------------------------------------------ torchvision without downloading
 
 
-def _random_state(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+def _with_metadata(state: dict[str, torch.Tensor], like: Any) -> OrderedDict[str, torch.Tensor]:
+    """A copy of ``state`` carrying ``like``'s ``_metadata`` (module versions), as saved files do."""
+    out = OrderedDict(state)
+    out._metadata = like._metadata  # type: ignore[attr-defined]
+    return out
+
+
+def _random_state(state: dict[str, torch.Tensor], seed: int) -> OrderedDict[str, torch.Tensor]:
     """``state`` with every float tensor redrawn (running variances positive), so that equal states
-    mean the file's tensors went where torchvision puts them."""
+    mean the file's tensors went where torchvision puts them; the module versions are kept."""
     generator = torch.Generator().manual_seed(seed)
-    out = {}
+    out = _with_metadata({}, state)
     for key, value in state.items():
         if value.is_floating_point():
             value = torch.randn(value.shape, generator=generator, dtype=value.dtype)
@@ -116,10 +124,10 @@ def _published_layout(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, t
     return _random_state(seen[0], seed=1)
 
 
-def _reference(name: str, state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> nn.Module:
+def _reference(name: str, state: OrderedDict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> nn.Module:
     """torchvision's own pretrained build of ``name``, its download answered with ``state``."""
     with monkeypatch.context() as patch:
-        patch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: dict(state))
+        patch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: _with_metadata(state, state))
         weights = torchvision.models.get_model_weights(name).DEFAULT
         return torchvision.models.get_model(name, weights=weights).eval()
 
