@@ -330,6 +330,8 @@ def call_model(
         return model(x, **(forward_kwargs or {}))
     except GradCAMError:
         raise
+    # The forward is the user's model and may raise anything; only the call is covered, and what it
+    # raised is the InputError's cause.
     except Exception as error:
         raise forward_error(model, x, error, during) from error
 

@@ -17,7 +17,7 @@ from gradcam.batch.outputs import heatmap_from_raw, maps_to_originals
 from gradcam.batch.settings import DEFAULT_OUTPUTS, ExplainSettings, JobSummary
 from gradcam.imaging.geometry import PreprocessConfig, compute_geometry, normalize_pixels, preprocess
 from gradcam.imaging.io import load_image
-from gradcam.models._loaders import WholeImagePreprocess
+from gradcam.models import WholeImagePreprocess
 from tolerances import assert_close, cam_magnitude, heatmap_atol, layer_output, sum_atol
 
 CONFIG = PreprocessConfig(input_size=32, resize_size=40, interpolation="bicubic")

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from gradcam.models import LoadedModel
-from gradcam.models._loaders import WholeImagePreprocess
+from gradcam.models import WholeImagePreprocess
 
 
 class RedBlue(nn.Module):

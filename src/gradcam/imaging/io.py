@@ -27,6 +27,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import GradCAMError
 from .geometry import image_pixels
 
+# What TorchCodec's decode_jpeg raises on data it cannot decode (its C++ errors surface as RuntimeError).
+_DECODER_ERRORS = (RuntimeError, ValueError)
+# What PIL raises on a malformed EXIF / XMP block: bad tags or offsets (SyntaxError, ValueError,
+# struct.error, KeyError, IndexError, TypeError), a short read (EOFError, OSError).
+_EXIF_ERRORS = (SyntaxError, ValueError, struct.error, KeyError, IndexError, TypeError, EOFError, OSError)
+
 logger = logging.getLogger("gradcam")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -102,7 +108,7 @@ def _decoded_pixels(data: bytes, opened: Image.Image, path: Path) -> torch.Tenso
     if decode is not None and _same_in_torchcodec(opened):
         try:
             return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
-        except Exception:  # e.g. a corrupt file: PIL decodes it, or says why it cannot
+        except _DECODER_ERRORS:  # e.g. a corrupt file: PIL decodes it, or says why it cannot
             pass
     return image_pixels(_decode_with_pil(opened, path))
 
@@ -112,7 +118,7 @@ def _known_orientation(opened: Image.Image) -> int | None:
     reads it from EXIF, else from XMP), or None for a broken EXIF block or an invalid value."""
     try:
         orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:
+    except _EXIF_ERRORS:  # a broken EXIF block: the orientation is unknown, and load_image warns why
         return None
     return orientation if orientation in range(1, 9) else None
 
@@ -126,7 +132,7 @@ def _jpeg_decoder() -> Callable[..., torch.Tensor] | None:
         return None
     except AttributeError:
         logger.warning("this TorchCodec has no decode_jpeg (0.16 and newer have it); decoding JPEGs with PIL")
-    except Exception as error:  # e.g. built for another torch release: an ImportError or OSError at load
+    except (ImportError, OSError, RuntimeError) as error:  # e.g. built for another torch release
         logger.warning("TorchCodec is installed but does not load (%s); decoding JPEGs with PIL", error)
     return None
 
@@ -250,7 +256,7 @@ def _apply_exif_orientation(image: Image.Image, path: Path) -> None:
     """Rotate/flip ``image`` in place according to its EXIF orientation tag; a broken EXIF block only warns."""
     try:
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception as error:
+    except _EXIF_ERRORS as error:
         warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({error})", stacklevel=3)
 
 

@@ -27,7 +27,8 @@ from torch import nn
 from ..capture import model_guard
 from ..errors import InputError
 from ..imaging.geometry import PreprocessConfig
-from ..models._loaders import ModelLoadError, _short_reason
+from ..models.loaded import ModelLoadError
+from ..models.weights import TORCH_LOAD_ERRORS, short_reason
 from .scenes import BACKGROUND
 from .vocab import ANSWER_KINDS, ANSWERS, BOS, CAPTION_VOCAB, EOS, PAD, QUESTION_VOCAB, Vocabulary, pad_batch
 
@@ -452,9 +453,9 @@ def load_payload(kind: str, path: str | Path | None = None) -> dict[str, Any]:
     expected = f"a gradcam {kind} weights file (saved by gradcam.language.save_model)"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises UnpicklingError, RuntimeError, KeyError, ... by format
+    except TORCH_LOAD_ERRORS as error:
         raise ModelLoadError(
-            f"{path} is not {expected}: torch.load cannot read it ({_short_reason(error)})", argument="weights"
+            f"{path} is not {expected}: torch.load cannot read it ({short_reason(error)})", argument="weights"
         ) from error
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         found = f"format {payload.get('format')!r}" if isinstance(payload, Mapping) else type(payload).__name__

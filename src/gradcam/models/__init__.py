@@ -6,20 +6,19 @@ expects, its class labels and a good default Grad-CAM layer. Nothing is ever dow
 
 from __future__ import annotations
 
-from ._loaders import (
-    DEFAULT_MODEL,
+from .labels import class_index, imagenet_labels, imagenet_synsets, read_labels_file
+from .loaded import (
     IMAGENET_PREPROCESS,
     LITE0_PREPROCESS,
     MODEL_TASKS,
     LoadedModel,
     ModelLoadError,
     WholeImagePreprocess,
-    list_models,
-    load_model,
-    load_state_dict_file,
-    torchvision_weights_cache_path,
 )
-from .labels import class_index, imagenet_labels, imagenet_synsets, read_labels_file
+from .loading import list_models, load_model
+from .sources.tv import torchvision_weights_cache_path
+from .spec import DEFAULT_MODEL
+from .weights import load_state_dict_file
 
 __all__ = [
     "DEFAULT_MODEL",
