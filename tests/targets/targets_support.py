@@ -159,3 +159,16 @@ def assert_weights_close(
     """
     n = reference.cells if terms is None else max(terms, reference.cells)
     assert_close(actual, reference.weights, terms=n, magnitude=reference.magnitude, depth=depth)
+
+
+def tiny_clip(train: bool = False):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.CLIPModel(config).train(train)

@@ -33,6 +33,7 @@ from targets.targets_support import (
     HandSegmenter,
     TinyCaptioner,
     one_thread,  # noqa: F401  (autouse fixture)
+    tiny_clip,
 )
 
 
@@ -73,16 +74,7 @@ def hf_vit_case() -> Case:
 
 
 def hf_clip_case() -> Case:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 2, "num_attention_heads": 2},
-        projection_dim=8,
-    )  # fmt: skip
-    model = KeywordImageInput(transformers.CLIPModel(config))
+    model = KeywordImageInput(tiny_clip(train=True))
     prompts = {"input_ids": torch.tensor([[0, 5, 9, 1], [0, 7, 3, 1], [0, 2, 2, 1]])}
     return Case(model, "model.vision_model.encoder.layers.1.layer_norm1", torch.randn(2, 3, 32, 32),
                 ClassScore([0, 2], select="logits_per_image"), "model.vision_model.embeddings",

@@ -28,6 +28,7 @@ from targets.targets_support import (
     assert_weights_close,
     autograd_reference,
     one_thread,  # noqa: F401  (autouse fixture)
+    tiny_clip,
 )
 from tolerances import cam_magnitude, layer_output, sum_atol
 
@@ -44,19 +45,6 @@ def tiny_vit(cls_name: str = "ViTForImageClassification", config_name: str = "Vi
     )  # fmt: skip
     torch.manual_seed(0)
     return getattr(transformers, cls_name)(config).eval()
-
-
-def tiny_clip():
-    transformers = transformers_or_skip()
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 2, "num_attention_heads": 2},
-        projection_dim=8,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.CLIPModel(config).eval()
 
 
 def tiny_detector() -> nn.Module:

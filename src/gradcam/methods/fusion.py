@@ -156,12 +156,8 @@ class RefineCAM(MultiLayerCAM):
     name = "refinecam"
 
     def __init__(
-        self,
-        model: nn.Module,
-        layers: Sequence[nn.Module | str] | nn.Module | str | None = None,
-        *,
-        method: str | type[LayerMethod] = "gradcam++",
-        reduce: str = "product",
-        **options: Any,
+        self, model: nn.Module, layers: Sequence[nn.Module | str] | nn.Module | str | None = None, **options: Any
     ) -> None:
-        super().__init__(model, layers, method=method, reduce=reduce, **options)
+        options.setdefault("method", "gradcam++")
+        options.setdefault("reduce", "product")
+        super().__init__(model, layers, **options)
