@@ -6,22 +6,25 @@
   Zeiler & Fergus, ECCV 2014).
 
 All of it runs in torch on the input's device, with batched forward passes under ``no_grad`` in eval
-mode (the model's flags are restored afterwards). Scores are softmax probabilities of the explained
-class by default (``score="logit"`` reads the raw class score).
+mode (the model's flags are restored afterwards). Every metric takes the explainers' targets
+(:func:`target_scores`): class indices, scored as softmax probabilities by default (``score="logit"``
+reads the raw class score), or a callable ``output -> (B,)`` such as a segmentation region, a detection or
+an image-text similarity from :mod:`gradcam.tasks`, whose value is the score.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..capture import model_guard
-from ..targets import OutputSelector, select_output
+from ..errors import TargetError
+from ..targets import OutputSelector, PerImageTargets, TopK, per_image_targets, select_output
 from .state import Mergeable
 from .statistics import spearman
 
@@ -51,42 +54,103 @@ def _check_saliency(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return saliency.detach().float().to(x.device)
 
 
-def _check_classes(classes: Any, batch: int, device: torch.device) -> torch.Tensor:
-    classes = torch.as_tensor(classes, device=device).long().reshape(-1)
+MetricTarget = Union[int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], Sequence[Callable]]
+
+
+def _check_target(target: Any, batch: int, device: torch.device) -> torch.Tensor | Callable[[Any], torch.Tensor]:
+    """``target`` as B class indices (a long tensor) or a callable ``output -> (B,)`` (a list of B callables
+    becomes a :class:`~gradcam.targets.PerImageTargets`)."""
+    target = per_image_targets(target)
+    if isinstance(target, TopK):
+        raise TargetError("metrics need fixed targets: pass the class indices TopK chose (Explanation.classes)")
+    if callable(target) and not isinstance(target, torch.Tensor):
+        if isinstance(target, PerImageTargets) and len(target) != batch:
+            raise TargetError(f"target lists {len(target)} per-image callables for {batch} images; give one per image")
+        return target
+    try:
+        classes = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TargetError(
+            f"target must be class indices or a callable output -> (B,) scores; got {type(target).__name__}"
+        ) from None
+    if classes.is_floating_point() or classes.dtype == torch.bool:
+        raise TargetError(f"target class indices must be integers; got dtype {classes.dtype}")
+    classes = classes.long().reshape(-1)
     if classes.numel() != batch:
-        raise ValueError(f"classes must give one class index per image ({batch}); got {classes.numel()}")
+        raise TargetError(f"target must give one class index per image ({batch}); got {classes.numel()}")
     return classes
 
 
-def class_scores(
+def _for_image(target: Any, image: int, copies: int) -> Any:
+    """Image ``image``'s target for ``copies`` modified copies of it: its class, or the callable's
+    ``for_image(image, copies)`` (per-image masks, boxes, references keep that image's row)."""
+    if isinstance(target, torch.Tensor):
+        return target[image]
+    return target.for_image(image, copies) if hasattr(target, "for_image") else target
+
+
+def _callable_scores(target: Callable[[Any], torch.Tensor], output: Any, rows: int) -> torch.Tensor:
+    scores = target(output)
+    if not isinstance(scores, torch.Tensor) or scores.reshape(-1).numel() != rows or scores.dim() > 2:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TargetError(f"the target callable must give one score per image, ({rows},); got {shape}")
+    return scores.reshape(rows)
+
+
+def target_scores(
     model: nn.Module,
     inputs: torch.Tensor,
-    classes: torch.Tensor | int,
+    target: MetricTarget,
     *,
     score: str = "probability",
     output: OutputSelector = None,
     batch_size: int = 64,
+    image: int | None = None,
 ) -> torch.Tensor:
-    """Score of ``classes`` (one per input, or one for all) for a batch, (N,), in chunks of ``batch_size``.
+    """The score each input gives its target, (N,), float32, in forward passes under ``no_grad`` in eval mode.
 
-    ``score`` is ``"probability"`` (softmax over the class axis) or ``"logit"``.
+    ``target``: a class index, N class indices, a callable ``output -> (N,)`` (a task target such as
+    :class:`~gradcam.tasks.SegmentationScore`, :class:`~gradcam.tasks.DetectionScore`,
+    :class:`~gradcam.tasks.EmbeddingSimilarity`; applied to the output selected by ``output=`` when given),
+    or a list of N per-image callables. Class indices read ``softmax(logits)[c]`` (``score="probability"``)
+    or ``logits[c]`` (``"logit"``) in chunks of ``batch_size``; a callable's value is the score as is.
+
+    ``image=b``: every input is a modified copy of image ``b`` of the batch the target was given for
+    (what deletion, occlusion and ROAD rescore): class indices use row ``b``, callables ``for_image(b, n)``
+    per chunk of n copies. Without ``image`` a callable describes the N inputs together and sees them in
+    one forward pass (as the explainer did).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     count = inputs.shape[0]
-    classes = torch.as_tensor(classes, device=inputs.device).long().reshape(-1)
-    if classes.numel() == 1:
-        classes = classes.expand(count)
+    target = per_image_targets(target)
+    if image is not None and isinstance(target, torch.Tensor) and target.dim() > 0 and target.numel() > 1:
+        target = target.reshape(-1)[image]
+    if not callable(target) or isinstance(target, torch.Tensor):
+        classes = torch.as_tensor(target, device=inputs.device).long().reshape(-1)
+        target = classes.expand(count) if classes.numel() == 1 else classes
+    elif image is None:
+        batch_size = max(count, 1)
     out = torch.empty(count, device=inputs.device)
     with model_guard(model), torch.no_grad():
         for start in range(0, count, batch_size):
-            logits = select_output(model(inputs[start : start + batch_size]), output).float()
-            if logits.dim() != 2:
-                raise ValueError(f"the model must give (N, num_classes) scores; got shape {tuple(logits.shape)}")
-            values = logits.softmax(dim=1) if score == "probability" else logits
-            out[start : start + batch_size] = values.gather(1, classes[start : start + batch_size, None])[:, 0]
+            result = model(inputs[start : start + batch_size])
+            rows = min(batch_size, count - start)
+            if isinstance(target, torch.Tensor):
+                logits = select_output(result, output).float()
+                if logits.dim() != 2:
+                    raise ValueError(
+                        f"class-index targets need (N, num_classes) scores; got shape {tuple(logits.shape)} "
+                        "(pass a callable target, e.g. a gradcam.tasks target, for other outputs)"
+                    )
+                values = logits.softmax(dim=1) if score == "probability" else logits
+                out[start : start + rows] = values.gather(1, target[start : start + rows, None])[:, 0]
+                continue
+            chosen = select_output(result, output) if output is not None else result
+            scorer = target if image is None else _for_image(target, image, rows)
+            out[start : start + rows] = _callable_scores(scorer, chosen, rows).float()
     return out
 
 
@@ -150,7 +214,7 @@ def perturbation_curves(
     model: nn.Module,
     x: torch.Tensor,
     saliency: torch.Tensor,
-    classes: torch.Tensor | Sequence[int],
+    target: MetricTarget,
     *,
     mode: str = "deletion",
     step: int | None = None,
@@ -174,7 +238,7 @@ def perturbation_curves(
     x = _check_images(x)
     saliency = _check_saliency(saliency, x)
     batch, _, height, width = x.shape
-    classes = _check_classes(classes, batch, x.device)
+    target = _check_target(target, batch, x.device)
     size = height * width
     step = width if step is None else int(step)
     if step < 1:
@@ -192,8 +256,8 @@ def perturbation_curves(
             chunk = counts[first : first + batch_size]
             changed = (ranks[b][None] < chunk[:, None, None]).unsqueeze(1)  # (T, 1, H, W)
             images = torch.where(changed, finish[b : b + 1], start[b : b + 1])
-            curves[b, first : first + chunk.numel()] = class_scores(
-                model, images, classes[b], score=score, output=output, batch_size=batch_size
+            curves[b, first : first + chunk.numel()] = target_scores(
+                model, images, target, score=score, output=output, batch_size=batch_size, image=b
             )
     return curves, counts.float() / size
 
@@ -246,7 +310,7 @@ class DeletionInsertion(Mergeable):
         self._add_curves(other.curve_sums, other.curve_count, other.fractions)
 
     def update(
-        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor | Sequence[int]
+        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target: MetricTarget
     ) -> list[dict[str, Any]]:
         areas, sums = {}, {}
         for mode, baseline in (("deletion", self.deletion_baseline), ("insertion", self.insertion_baseline)):
@@ -254,7 +318,7 @@ class DeletionInsertion(Mergeable):
                 model,
                 x,
                 saliency,
-                classes,
+                target,
                 mode=mode,
                 step=self.step,
                 baseline=baseline,
@@ -333,16 +397,14 @@ class ConfidenceChange(Mergeable):
         return ((x * std + mean) * weights - mean) / std
 
     def update(
-        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor | Sequence[int]
+        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target: MetricTarget
     ) -> list[dict[str, Any]]:
         x = _check_images(x)
         saliency = _check_saliency(saliency, x)
-        classes = _check_classes(classes, x.shape[0], x.device)
-        both = torch.cat([x, self.explanation_images(x, saliency)])
-        scores = class_scores(
-            model, both, classes.repeat(2), score=self.score, output=self.output, batch_size=self.batch_size
-        )
-        full, kept = scores[: x.shape[0]], scores[x.shape[0] :]
+        target = _check_target(target, x.shape[0], x.device)
+        options = {"score": self.score, "output": self.output, "batch_size": self.batch_size}
+        full = target_scores(model, x, target, **options)
+        kept = target_scores(model, self.explanation_images(x, saliency), target, **options)
         drop = (full - kept).clamp(min=0) / full.clamp(min=1e-12)
         records = [
             {"score": float(y), "explanation_score": float(o), "drop": float(d), "increase": bool(o > y)}
@@ -377,7 +439,7 @@ def window_starts(extent: int, patch: int, stride: int) -> list[int]:
 def occlusion_map(
     model: nn.Module,
     x: torch.Tensor,
-    classes: torch.Tensor | Sequence[int],
+    target: MetricTarget,
     *,
     patch: int = 32,
     stride: int = 16,
@@ -392,7 +454,7 @@ def occlusion_map(
     cover it (the same averaging as Captum's ``Occlusion``). Returns (B, H, W)."""
     x = _check_images(x)
     batch, _, height, width = x.shape
-    classes = _check_classes(classes, batch, x.device)
+    target = _check_target(target, batch, x.device)
     filled = baseline_images(x, fill)
     windows = [
         (top, left) for top in window_starts(height, patch, stride) for left in window_starts(width, patch, stride)
@@ -401,15 +463,15 @@ def occlusion_map(
     for i, (top, left) in enumerate(windows):
         masks[i, top : top + patch, left : left + patch] = True
     coverage = masks.sum(dim=0).clamp(min=1).float()
-    full = class_scores(model, x, classes, score=score, output=output, batch_size=batch_size)
+    full = target_scores(model, x, target, score=score, output=output, batch_size=batch_size)
     out = torch.empty(batch, height, width, device=x.device)
     for b in range(batch):
         drops = torch.empty(len(windows), device=x.device)
         for first in range(0, len(windows), batch_size):
             chunk = masks[first : first + batch_size].unsqueeze(1)
             images = torch.where(chunk, filled[b : b + 1], x[b : b + 1])
-            drops[first : first + chunk.shape[0]] = full[b] - class_scores(
-                model, images, classes[b], score=score, output=output, batch_size=batch_size
+            drops[first : first + chunk.shape[0]] = full[b] - target_scores(
+                model, images, target, score=score, output=output, batch_size=batch_size, image=b
             )
         out[b] = torch.einsum("w,whv->hv", drops, masks.float()) / coverage
     return out
@@ -440,12 +502,12 @@ class OcclusionCorrelation(Mergeable):
     def reset(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def occlusion(self, model: nn.Module, x: torch.Tensor, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    def occlusion(self, model: nn.Module, x: torch.Tensor, target: MetricTarget) -> torch.Tensor:
         """The occlusion maps for a batch (compute once and pass to :meth:`update` for several methods)."""
         return occlusion_map(
             model,
             x,
-            classes,
+            target,
             patch=self.patch,
             stride=self.stride,
             fill=self.fill,
@@ -459,13 +521,13 @@ class OcclusionCorrelation(Mergeable):
         model: nn.Module,
         x: torch.Tensor,
         saliency: torch.Tensor,
-        classes: torch.Tensor | Sequence[int],
+        target: MetricTarget,
         occlusion: torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
         x = _check_images(x)
         saliency = _check_saliency(saliency, x)
         if occlusion is None:
-            occlusion = self.occlusion(model, x, classes)
+            occlusion = self.occlusion(model, x, target)
         records = [{"rank_correlation": spearman(saliency[b], occlusion[b])} for b in range(x.shape[0])]
         self.records.extend(records)
         return records
