@@ -9,6 +9,12 @@ Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
 - :class:`DeletionInsertion` — RISE's deletion / insertion AUC.
 - :class:`ConfidenceChange` — Grad-CAM++'s Average Drop and Increase in Confidence.
 - :class:`OcclusionCorrelation` — Spearman correlation with occlusion maps (Grad-CAM §5.3).
+- :class:`ROAD` — ROAD's MoRF / LeRF curves with noisy linear imputation (Rong et al. 2022).
+- :class:`MaxSensitivity`, :class:`AvgSensitivity` (:class:`Sensitivity`: both) — robustness (Yeh et al. 2019).
+- :class:`Complexity` — sparseness (Gini) and entropy of the maps.
+
+The faithfulness metrics take the explainers' targets: class indices or a callable ``output -> (B,)``
+(:func:`target_scores`).
 
 Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
 :class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
@@ -33,11 +39,14 @@ from .faithfulness import (
     gaussian_blur,
     occlusion_map,
     perturbation_curves,
+    target_scores,
 )
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
 from .results import TASKS, EvaluationResult, EvaluationSettings
+from .road import ROAD, noisy_linear_imputation, road_curves
+from .robustness import AvgSensitivity, MaxSensitivity, Sensitivity, sensitivities
 from .runner import evaluate
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
@@ -46,8 +55,10 @@ from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_mo
 __all__ = [
     "BASELINES",
     "CLASSES",
+    "ROAD",
     "TASKS",
     "AnnotatedImage",
+    "AvgSensitivity",
     "BoxAccuracy",
     "BoxEnergy",
     "Complexity",
@@ -56,8 +67,10 @@ __all__ = [
     "EvaluationResult",
     "EvaluationSettings",
     "LocalizationError",
+    "MaxSensitivity",
     "OcclusionCorrelation",
     "PointingGame",
+    "Sensitivity",
     "SyntheticCNN",
     "SyntheticShapes",
     "auc",
@@ -74,13 +87,17 @@ __all__ = [
     "load_synthetic_model",
     "map_entropy",
     "map_to_box",
+    "noisy_linear_imputation",
     "occlusion_map",
     "peak_point",
     "perturbation_curves",
     "read_voc_xml",
+    "road_curves",
     "saliency_2d",
+    "sensitivities",
     "spearman",
     "synthetic_items",
+    "target_scores",
     "voc_xml",
     "write_annotated_folder",
     "write_report",
