@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:
         raise CLIError(f"--figure-images must be >= 0; got {args.figure_images}")
-    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride", "road_images"):
+    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride"):
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.synthetic and args.path:
         raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
     if not 0.0 < args.iou <= 1.0:
         raise CLIError(f"--iou must be in (0, 1]; got {args.iou}")
-    if args.robustness_samples < 0 or args.robustness_images < 1:
-        raise CLIError("--robustness-samples must be >= 0 and --robustness-images >= 1")
+    if min(args.robustness_samples, args.robustness_images, args.road_images) < 0:
+        raise CLIError("--road-images, --robustness-samples and --robustness-images must be >= 0")
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0; got {args.seed}")
     if not math.isfinite(args.fill):
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         fill=args.fill,
         batch_size=args.batch_size,
         faithfulness_images=args.faithfulness_images or defaults["faithfulness_images"],
-        road=not args.no_road,
+        road=not args.no_road and args.road_images > 0,
         road_images=args.road_images,
         robustness_samples=args.robustness_samples,
         robustness_images=args.robustness_images,

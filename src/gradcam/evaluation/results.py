@@ -42,12 +42,13 @@ class EvaluationSettings:
     batch_size: int = 16
     curve_batch_size: int = 128
     faithfulness_images: int | None = None  # faithfulness on the first N images only (None: all)
-    # with the faithfulness task, on the first N of its images (None: all of them): ROAD, Max/Avg-Sensitivity
-    road: bool = True
+    # with the faithfulness task, on the first N of its images (None: all of them): ROAD, Max/Avg-Sensitivity,
+    # off by default here (each costs many solves / explanations per image), on in ``gradcam evaluate``
+    road: bool = False
     road_percentages: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
     road_noise: float = 0.01
     road_images: int | None = 8
-    robustness_samples: int = 4  # 0: no robustness
+    robustness_samples: int = 0  # 0: no robustness
     robustness_radius: float = 0.2  # Uniform(-r, r) noise in the model's input space
     robustness_images: int | None = 8
     seed: int = 0
