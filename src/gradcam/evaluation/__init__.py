@@ -39,7 +39,6 @@ from .faithfulness import (
     gaussian_blur,
     occlusion_map,
     perturbation_curves,
-    target_scores,
 )
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
@@ -48,6 +47,7 @@ from .results import TASKS, EvaluationResult, EvaluationSettings
 from .road import ROAD, noisy_linear_imputation, road_curves
 from .robustness import AvgSensitivity, MaxSensitivity, Sensitivity, sensitivities
 from .runner import evaluate
+from .scoring import target_scores
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items

@@ -14,7 +14,7 @@ it is solved here matrix-free by conjugate gradients (a 3 x 3 neighbour sum per 
 image, channel and removal fraction at once, on the input's device.
 
 Curves: **MoRF** removes the most relevant ``p`` % of the pixels, **LeRF** the least relevant, for each ``p``
-in ``percentages``; the model scores the target on each imputed image (:func:`.faithfulness.target_scores`).
+in ``percentages``; the model scores the target on each imputed image (:func:`.scoring.target_scores`).
 A faithful map gives a low MoRF curve and a high LeRF curve; :class:`ROAD` reports both means and their gap.
 """
 
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..targets import OutputSelector
-from .faithfulness import MetricTarget, _check_images, _check_saliency, _check_target, pixel_ranks, target_scores
+from .faithfulness import _check_images, _check_saliency, pixel_ranks
+from .scoring import MetricTarget, _check_target, target_scores
 from .state import Mergeable
 
 __all__ = ["ORDERS", "PERCENTAGES", "ROAD", "noisy_linear_imputation", "road_curves", "road_masks"]
