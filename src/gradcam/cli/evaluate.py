@@ -41,7 +41,7 @@ FOLDER_DEFAULTS = {"images": None, "top_k": 5, "tolerance": 15.0, "step": None, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.faithfulness import BASELINES as FILLS
-    from ..evaluation.faithfulness import SCORES
+    from ..evaluation.scoring import SCORES
     from ..methods import METHODS
 
     parser.add_argument("task", choices=TASK_CHOICES, help="what to measure ('all': the three together)")
