@@ -23,7 +23,8 @@ def run(args, capsys):
 def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "all", "--synthetic", "--images", 6, "--faithfulness-images", 3, "--method", "gradcam"]
-    code, stdout, _ = run([*args, "--method", "counterfactual", "--out", out, *SMALL], capsys)
+    extra = ["--road-images", 1, "--robustness-images", 2]  # ROAD and sensitivity on fewer images still
+    code, stdout, _ = run([*args, "--method", "counterfactual", "--out", out, *extra, *SMALL], capsys)
     assert code == 0
     assert "| Grad-CAM |" in stdout and "| Counterfactual |" in stdout and "| Baseline: random map |" in stdout
     assert "model synthetic-cnn, 6 images" in stdout
@@ -38,6 +39,11 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     methods = {m["method"]: m for m in summary["methods"]}
     assert set(methods) == {"gradcam", "counterfactual", "center", "whole-image", "random"}
     assert methods["whole-image"]["in_out_ratio"] == pytest.approx(1.0)
+    # ROAD, robustness and complexity ride with faithfulness (on its first 1, 2 and 3 images here)
+    assert "ROAD LeRF−MoRF ↑" in stdout and "Max-sens. ↓" in stdout and "Sparseness ↑" in stdout
+    assert [sum(1 for r in rows if r[key]) for key in ("road_gap", "max_sensitivity", "sparseness")] == [5, 10, 15]
+    # a constant map: Gini index exactly 0, and it does not move when the input does
+    assert methods["whole-image"]["sparseness"] == 0.0 and methods["whole-image"]["max_sensitivity"] == 0.0
 
 
 def test_imagenet_format_folder_with_a_factory_model(tmp_path, capsys):
@@ -60,6 +66,7 @@ def test_imagenet_format_folder_with_a_factory_model(tmp_path, capsys):
 def test_faithfulness_with_occlusion(tmp_path, capsys):
     out = tmp_path / "faith"
     args = ["evaluate", "faithfulness", "--synthetic", "--images", 3, "--method", "gradcam", "--method", "gradient"]
+    args += ["--no-road", "--robustness-samples", 0]  # occlusion only: ROAD and sensitivity are tested above
     code, stdout, _ = run(
         [*args, "--occlusion", "--patch", 28, "--stride", 28, "--out", out, "--no-plots", *SMALL], capsys
     )

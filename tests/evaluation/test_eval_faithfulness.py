@@ -14,11 +14,11 @@ from gradcam.evaluation.faithfulness import (
     OcclusionCorrelation,
     auc,
     baseline_images,
-    class_scores,
     gaussian_blur,
     occlusion_map,
     perturbation_curves,
     pixel_ranks,
+    target_scores,
     window_starts,
 )
 from gradcam.evaluation.statistics import average_ranks, spearman
@@ -114,6 +114,7 @@ def test_average_drop_and_increase_by_hand():
     record = pixel.update(model, x[:1], saliency[:1], [1])[0]
     y1 = 1 - torch.sigmoid(torch.tensor(4.0)).item()
     o1 = 1 - torch.sigmoid(torch.tensor((2 * 1 - 1) + (2 * 0 - 1) * 2 + (2 * 0.5 - 1))).item()
+
     # 1 - sigmoid(s) in float32 cancels: sigmoid's rounding (u of a value near 1) relative to the small difference,
     # twice (here and in the library if it subtracts too), plus a softmax's own few roundings
     def cancellation(p: float) -> float:
@@ -208,7 +209,7 @@ def test_bad_arguments_name_what_was_expected():
     with pytest.raises(ValueError, match="one class index per image"):
         perturbation_curves(model, X, SALIENCY, [0, 1])
     with pytest.raises(ValueError, match="score must be"):
-        class_scores(model, X, 0, score="softmax")
+        target_scores(model, X, 0, score="softmax")
 
 
 def test_forward_passes_leave_the_model_as_found():

@@ -44,7 +44,7 @@ FOLDER_DEFAULTS = {"images": None, "top_k": 5, "tolerance": 15.0, "step": None, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.faithfulness import BASELINES as FILLS
-    from ..evaluation.faithfulness import SCORES
+    from ..evaluation.scoring import SCORES
     from ..methods import METHODS
 
     parser.add_argument(
@@ -97,6 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--faithfulness-images", type=int, metavar="N", help="faithfulness on the first N images (synthetic: 100)"
     )
     group.add_argument("--occlusion", action="store_true", help="also the rank correlation with occlusion maps")
+    group.add_argument("--no-road", action="store_true", help="skip ROAD (MoRF/LeRF with noisy linear imputation)")
+    group.add_argument("--road-images", type=int, default=8, metavar="N", help="ROAD on the first N images (8)")
+    group.add_argument(
+        "--robustness-samples", type=int, default=4, metavar="N", help="Max/Avg-Sensitivity samples (4; 0: skip)"
+    )
+    group.add_argument(
+        "--robustness-images", type=int, default=8, metavar="N", help="sensitivity on the first N images (8)"
+    )
     group.add_argument("--patch", type=int, default=32, help="occlusion patch (32)")
     group.add_argument("--stride", type=int, default=16, help="occlusion stride (16)")
     group.add_argument("--fill", type=float, default=0.0, help="occlusion fill value in input space (0)")
@@ -154,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
     if not 0.0 < args.iou <= 1.0:
         raise CLIError(f"--iou must be in (0, 1]; got {args.iou}")
+    if min(args.robustness_samples, args.robustness_images, args.road_images) < 0:
+        raise CLIError("--road-images, --robustness-samples and --robustness-images must be >= 0")
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0; got {args.seed}")
     if not math.isfinite(args.fill):
@@ -200,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
         fill=args.fill,
         batch_size=args.batch_size,
         faithfulness_images=args.faithfulness_images or defaults["faithfulness_images"],
+        road=not args.no_road and args.road_images > 0,
+        road_images=args.road_images,
+        robustness_samples=args.robustness_samples,
+        robustness_images=args.robustness_images,
         figure_images=args.figure_images,
     )
 

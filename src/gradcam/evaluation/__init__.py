@@ -10,6 +10,12 @@ Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
 - :class:`ConfidenceChange` — Grad-CAM++'s Average Drop and Increase in Confidence.
 - :class:`OcclusionCorrelation` — Spearman correlation with occlusion maps (Grad-CAM §5.3).
 - :func:`adversarial_robustness` — how maps move under FGSM / PGD (:func:`fgsm`, :func:`pgd`; Grad-CAM §6.2).
+- :class:`ROAD` — ROAD's MoRF / LeRF curves with noisy linear imputation (Rong et al. 2022).
+- :class:`MaxSensitivity`, :class:`AvgSensitivity` (:class:`Sensitivity`: both) — robustness (Yeh et al. 2019).
+- :class:`Complexity` — sparseness (Gini) and entropy of the maps.
+
+The faithfulness metrics take the explainers' targets: class indices or a callable ``output -> (B,)``
+(:func:`target_scores`).
 
 Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
 :class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
@@ -42,7 +48,10 @@ from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGam
 from .regions import box_iou, connected_components, largest_component, map_to_box, peak_point, saliency_2d
 from .report import format_table, write_report
 from .results import TASKS, EvaluationResult, EvaluationSettings
+from .road import ROAD, noisy_linear_imputation, road_curves
+from .robustness import AvgSensitivity, MaxSensitivity, Sensitivity, sensitivities
 from .runner import evaluate
+from .scoring import target_scores
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
@@ -52,10 +61,12 @@ __all__ = [
     "BASELINES",
     "CLASSES",
     "EPSILONS",
+    "ROAD",
     "TASKS",
     "AdversarialResult",
     "AnnotatedImage",
     "AttackError",
+    "AvgSensitivity",
     "BoxAccuracy",
     "BoxEnergy",
     "Complexity",
@@ -64,8 +75,10 @@ __all__ = [
     "EvaluationResult",
     "EvaluationSettings",
     "LocalizationError",
+    "MaxSensitivity",
     "OcclusionCorrelation",
     "PointingGame",
+    "Sensitivity",
     "SyntheticCNN",
     "SyntheticShapes",
     "adversarial_figure",
@@ -87,15 +100,19 @@ __all__ = [
     "load_synthetic_model",
     "map_entropy",
     "map_to_box",
+    "noisy_linear_imputation",
     "occlusion_map",
     "peak_point",
     "perturbation_curves",
     "pgd",
     "read_voc_xml",
+    "road_curves",
     "saliency_2d",
     "sample_items",
+    "sensitivities",
     "spearman",
     "synthetic_items",
+    "target_scores",
     "voc_xml",
     "write_adversarial_report",
     "write_annotated_folder",

@@ -6,8 +6,10 @@
   Zeiler & Fergus, ECCV 2014).
 
 All of it runs in torch on the input's device, with batched forward passes under ``no_grad`` in eval
-mode (the model's flags are restored afterwards). Scores are softmax probabilities of the explained
-class by default (``score="logit"`` reads the raw class score).
+mode (the model's flags are restored afterwards). Every metric takes the explainers' targets
+(:func:`target_scores`): class indices, scored as softmax probabilities by default (``score="logit"``
+reads the raw class score), or a callable ``output -> (B,)`` such as a segmentation region, a detection or
+an image-text similarity from :mod:`gradcam.tasks`, whose value is the score.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import model_guard
-from ..targets import OutputSelector, select_output
+from ..targets import OutputSelector
+from .scoring import MetricTarget, _check_target, target_scores
 from .state import Mergeable
 from .statistics import spearman
 
-SCORES = ("probability", "logit")
 BASELINES = ("zero", "mean", "blur")
 
 
@@ -49,45 +50,6 @@ def _check_saliency(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             "(reduce input-space maps with regions.saliency_2d)"
         )
     return saliency.detach().float().to(x.device)
-
-
-def _check_classes(classes: Any, batch: int, device: torch.device) -> torch.Tensor:
-    classes = torch.as_tensor(classes, device=device).long().reshape(-1)
-    if classes.numel() != batch:
-        raise ValueError(f"classes must give one class index per image ({batch}); got {classes.numel()}")
-    return classes
-
-
-def class_scores(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    classes: torch.Tensor | int,
-    *,
-    score: str = "probability",
-    output: OutputSelector = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Score of ``classes`` (one per input, or one for all) for a batch, (N,), in chunks of ``batch_size``.
-
-    ``score`` is ``"probability"`` (softmax over the class axis) or ``"logit"``.
-    """
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    count = inputs.shape[0]
-    classes = torch.as_tensor(classes, device=inputs.device).long().reshape(-1)
-    if classes.numel() == 1:
-        classes = classes.expand(count)
-    out = torch.empty(count, device=inputs.device)
-    with model_guard(model), torch.no_grad():
-        for start in range(0, count, batch_size):
-            logits = select_output(model(inputs[start : start + batch_size]), output).float()
-            if logits.dim() != 2:
-                raise ValueError(f"the model must give (N, num_classes) scores; got shape {tuple(logits.shape)}")
-            values = logits.softmax(dim=1) if score == "probability" else logits
-            out[start : start + batch_size] = values.gather(1, classes[start : start + batch_size, None])[:, 0]
-    return out
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
@@ -150,7 +112,7 @@ def perturbation_curves(
     model: nn.Module,
     x: torch.Tensor,
     saliency: torch.Tensor,
-    classes: torch.Tensor | Sequence[int],
+    target: MetricTarget,
     *,
     mode: str = "deletion",
     step: int | None = None,
@@ -174,7 +136,7 @@ def perturbation_curves(
     x = _check_images(x)
     saliency = _check_saliency(saliency, x)
     batch, _, height, width = x.shape
-    classes = _check_classes(classes, batch, x.device)
+    target = _check_target(target, batch, x.device)
     size = height * width
     step = width if step is None else int(step)
     if step < 1:
@@ -192,8 +154,8 @@ def perturbation_curves(
             chunk = counts[first : first + batch_size]
             changed = (ranks[b][None] < chunk[:, None, None]).unsqueeze(1)  # (T, 1, H, W)
             images = torch.where(changed, finish[b : b + 1], start[b : b + 1])
-            curves[b, first : first + chunk.numel()] = class_scores(
-                model, images, classes[b], score=score, output=output, batch_size=batch_size
+            curves[b, first : first + chunk.numel()] = target_scores(
+                model, images, target, score=score, output=output, batch_size=batch_size, image=b
             )
     return curves, counts.float() / size
 
@@ -246,7 +208,7 @@ class DeletionInsertion(Mergeable):
         self._add_curves(other.curve_sums, other.curve_count, other.fractions)
 
     def update(
-        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor | Sequence[int]
+        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target: MetricTarget
     ) -> list[dict[str, Any]]:
         areas, sums = {}, {}
         for mode, baseline in (("deletion", self.deletion_baseline), ("insertion", self.insertion_baseline)):
@@ -254,7 +216,7 @@ class DeletionInsertion(Mergeable):
                 model,
                 x,
                 saliency,
-                classes,
+                target,
                 mode=mode,
                 step=self.step,
                 baseline=baseline,
@@ -333,16 +295,14 @@ class ConfidenceChange(Mergeable):
         return ((x * std + mean) * weights - mean) / std
 
     def update(
-        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor | Sequence[int]
+        self, model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target: MetricTarget
     ) -> list[dict[str, Any]]:
         x = _check_images(x)
         saliency = _check_saliency(saliency, x)
-        classes = _check_classes(classes, x.shape[0], x.device)
-        both = torch.cat([x, self.explanation_images(x, saliency)])
-        scores = class_scores(
-            model, both, classes.repeat(2), score=self.score, output=self.output, batch_size=self.batch_size
-        )
-        full, kept = scores[: x.shape[0]], scores[x.shape[0] :]
+        target = _check_target(target, x.shape[0], x.device)
+        options = {"score": self.score, "output": self.output, "batch_size": self.batch_size}
+        full = target_scores(model, x, target, **options)
+        kept = target_scores(model, self.explanation_images(x, saliency), target, **options)
         drop = (full - kept).clamp(min=0) / full.clamp(min=1e-12)
         records = [
             {"score": float(y), "explanation_score": float(o), "drop": float(d), "increase": bool(o > y)}
@@ -377,7 +337,7 @@ def window_starts(extent: int, patch: int, stride: int) -> list[int]:
 def occlusion_map(
     model: nn.Module,
     x: torch.Tensor,
-    classes: torch.Tensor | Sequence[int],
+    target: MetricTarget,
     *,
     patch: int = 32,
     stride: int = 16,
@@ -392,7 +352,7 @@ def occlusion_map(
     cover it (the same averaging as Captum's ``Occlusion``). Returns (B, H, W)."""
     x = _check_images(x)
     batch, _, height, width = x.shape
-    classes = _check_classes(classes, batch, x.device)
+    target = _check_target(target, batch, x.device)
     filled = baseline_images(x, fill)
     windows = [
         (top, left) for top in window_starts(height, patch, stride) for left in window_starts(width, patch, stride)
@@ -401,15 +361,15 @@ def occlusion_map(
     for i, (top, left) in enumerate(windows):
         masks[i, top : top + patch, left : left + patch] = True
     coverage = masks.sum(dim=0).clamp(min=1).float()
-    full = class_scores(model, x, classes, score=score, output=output, batch_size=batch_size)
+    full = target_scores(model, x, target, score=score, output=output, batch_size=batch_size)
     out = torch.empty(batch, height, width, device=x.device)
     for b in range(batch):
         drops = torch.empty(len(windows), device=x.device)
         for first in range(0, len(windows), batch_size):
             chunk = masks[first : first + batch_size].unsqueeze(1)
             images = torch.where(chunk, filled[b : b + 1], x[b : b + 1])
-            drops[first : first + chunk.shape[0]] = full[b] - class_scores(
-                model, images, classes[b], score=score, output=output, batch_size=batch_size
+            drops[first : first + chunk.shape[0]] = full[b] - target_scores(
+                model, images, target, score=score, output=output, batch_size=batch_size, image=b
             )
         out[b] = torch.einsum("w,whv->hv", drops, masks.float()) / coverage
     return out
@@ -440,12 +400,12 @@ class OcclusionCorrelation(Mergeable):
     def reset(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def occlusion(self, model: nn.Module, x: torch.Tensor, classes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    def occlusion(self, model: nn.Module, x: torch.Tensor, target: MetricTarget) -> torch.Tensor:
         """The occlusion maps for a batch (compute once and pass to :meth:`update` for several methods)."""
         return occlusion_map(
             model,
             x,
-            classes,
+            target,
             patch=self.patch,
             stride=self.stride,
             fill=self.fill,
@@ -459,13 +419,13 @@ class OcclusionCorrelation(Mergeable):
         model: nn.Module,
         x: torch.Tensor,
         saliency: torch.Tensor,
-        classes: torch.Tensor | Sequence[int],
+        target: MetricTarget,
         occlusion: torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
         x = _check_images(x)
         saliency = _check_saliency(saliency, x)
         if occlusion is None:
-            occlusion = self.occlusion(model, x, classes)
+            occlusion = self.occlusion(model, x, target)
         records = [{"rank_correlation": spearman(saliency[b], occlusion[b])} for b in range(x.shape[0])]
         self.records.extend(records)
         return records

@@ -6,15 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import LoadedModel
+from .complexity import Complexity
 from .faithfulness import ConfidenceChange, DeletionInsertion, OcclusionCorrelation
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .results import EvaluationSettings
+from .road import ROAD
+from .robustness import Sensitivity
 
 
 class MetricSet:
     """The metric objects of one source (TorchCAM-style update / summary; merged with :meth:`merge`)."""
 
     NAMES = ("localization", "boxes", "pointing", "energy", "curves", "confidence", "occlusion")
+    NAMES += ("road", "robustness", "complexity")
 
     def __init__(self, settings: EvaluationSettings, loaded: LoadedModel) -> None:
         s = settings
@@ -28,6 +32,9 @@ class MetricSet:
         pre = loaded.preprocess
         self.confidence = ConfidenceChange(pre.mean, pre.std, s.score, batch_size=s.curve_batch_size)
         self.occlusion = OcclusionCorrelation(s.patch, s.stride, s.fill, s.score, batch_size=s.curve_batch_size)
+        self.road = ROAD(s.road_percentages, s.road_noise, s.score, batch_size=s.curve_batch_size, seed=s.seed)
+        self.robustness = Sensitivity(max(s.robustness_samples, 1), s.robustness_radius, s.seed)
+        self.complexity = Complexity()
 
     def merge(self, other: MetricSet) -> MetricSet:
         """Append another batch's state, metric by metric (see :mod:`.state`)."""
@@ -82,4 +89,19 @@ class MetricSet:
             )
             if occlusion:
                 out["rank_correlation"] = self.occlusion.summary()["rank_correlation"]
+            out.update(self.extra_summary())
         return {key: value for key, value in out.items() if value is not None}
+
+    def extra_summary(self) -> dict[str, Any]:
+        """ROAD, Max/Avg-Sensitivity and complexity (of the explained top-1 maps), for the metrics that ran."""
+        out: dict[str, Any] = {}
+        if self.road.records:
+            road = self.road.summary()
+            out.update({key: road[key] for key in ("road_morf", "road_lerf", "road_gap")})
+        if self.robustness.records:
+            robustness = self.robustness.summary()
+            out.update({key: robustness[key] for key in ("max_sensitivity", "avg_sensitivity")})
+        if self.complexity.records:
+            complexity = self.complexity.summary()
+            out.update({key: complexity[key] for key in ("sparseness", "entropy")})
+        return out

@@ -52,6 +52,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "average_drop": ("Avg. drop % ↓", "{:.1f}"),
     "increase_in_confidence": ("Increase % ↑", "{:.1f}"),
     "rank_correlation": ("Rank corr. occlusion ↑", "{:.3f}"),
+    "road_morf": ("ROAD MoRF ↓", "{:.3f}"),
+    "road_lerf": ("ROAD LeRF ↑", "{:.3f}"),
+    "road_gap": ("ROAD LeRF−MoRF ↑", "{:.3f}"),
+    "max_sensitivity": ("Max-sens. ↓", "{:.3f}"),
+    "avg_sensitivity": ("Avg-sens. ↓", "{:.3f}"),
+    "sparseness": ("Sparseness ↑", "{:.3f}"),
+    "entropy": ("Entropy ↓", "{:.2f}"),
     "cost": ("Cost (forward passes) ↓", "{:.1f}"),
 }
 
@@ -60,6 +67,9 @@ TASK_COLUMNS = {
     "pointing": ("pointing", "pointing_two_object", "points_at_other", "energy", "in_out_ratio"),
     "faithfulness": ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "rank_correlation"),
 }
+#: Faithfulness's further columns: ROAD, robustness, complexity (each shown when it ran).
+TASK_COLUMNS["faithfulness"] += ("road_morf", "road_lerf", "road_gap", "max_sensitivity", "avg_sensitivity")
+TASK_COLUMNS["faithfulness"] += ("sparseness", "entropy")
 HEADLINE_COLUMNS = (
     "box_accuracy",
     "max_box_accuracy",
@@ -71,6 +81,9 @@ HEADLINE_COLUMNS = (
     "deletion_auc",
     "insertion_auc",
     "average_drop",
+    "road_gap",
+    "max_sensitivity",
+    "sparseness",
     "cost",
 )
 #: Height of each tile of ``methods.png`` (images are scaled to it, aspect kept).
@@ -129,6 +142,10 @@ def describe(result: EvaluationResult) -> str:
             f"deletion to '{s.deletion_baseline}', insertion from '{s.insertion_baseline}', step {step}, "
             f"score {s.score}"
         )
+        if s.road:
+            parts.append(f"ROAD at {', '.join(f'{p:g}' for p in s.road_percentages)} %, noise {s.road_noise:g}")
+        if s.robustness_samples:
+            parts.append(f"sensitivity: {s.robustness_samples} samples of Uniform(±{s.robustness_radius:g}) noise")
     return "; ".join(parts)
 
 

@@ -42,6 +42,15 @@ class EvaluationSettings:
     batch_size: int = 16
     curve_batch_size: int = 128
     faithfulness_images: int | None = None  # faithfulness on the first N images only (None: all)
+    # with the faithfulness task, on the first N of its images (None: all of them): ROAD, Max/Avg-Sensitivity,
+    # off by default here (each costs many solves / explanations per image), on in ``gradcam evaluate``
+    road: bool = False
+    road_percentages: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    road_noise: float = 0.01
+    road_images: int | None = 8
+    robustness_samples: int = 0  # 0: no robustness
+    robustness_radius: float = 0.2  # Uniform(-r, r) noise in the model's input space
+    robustness_images: int | None = 8
     seed: int = 0
     figure_images: int = 4  # images in the every-method figure: half with one class, half with several
 
@@ -55,6 +64,11 @@ class EvaluationSettings:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
         if self.figure_images < 0:
             raise ValueError(f"figure_images must be >= 0; got {self.figure_images}")
+        if self.robustness_samples < 0 or not self.robustness_radius > 0:
+            raise ValueError(
+                f"robustness_samples must be >= 0 and robustness_radius > 0; got {self.robustness_samples}, "
+                f"{self.robustness_radius}"
+            )
 
 
 @dataclass

@@ -321,3 +321,39 @@ def _update(
         if occlusion is not None:
             for b, record in enumerate(m.occlusion.update(model, x[:keep], saliency, classes, occlusion)):
                 row(b)["rank_correlation"] = record["rank_correlation"]
+        _update_more(m, source, settings, model, x[:keep], saliency, classes, first, row)
+
+
+def _subset(first: int, size: int, limit: int | None) -> int:
+    """How many of a batch's ``size`` images, starting at image ``first`` of the run, are among the first
+    ``limit`` (None: all)."""
+    return size if limit is None else max(0, min(size, limit - first))
+
+
+def _update_more(
+    m: MetricSet,
+    source: MapSource,
+    settings: EvaluationSettings,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    classes: torch.Tensor,
+    first: int,
+    row: Callable[[int], dict[str, Any]],
+) -> None:
+    """Complexity of the top-1 maps; ROAD and Max/Avg-Sensitivity on the first ``road_images`` /
+    ``robustness_images`` of the faithfulness images (the explanation recomputed by the same source)."""
+    for record in m.complexity.update(saliency):
+        row(record["index"]).update({"sparseness": record["sparseness"], "entropy": record["entropy"]})
+    count = _subset(first, x.shape[0], settings.road_images)
+    if settings.road and count:
+        for b, record in enumerate(m.road.update(model, x[:count], saliency[:count], classes[:count])):
+            row(b).update({key: record[key] for key in ("road_morf", "road_lerf", "road_gap")})
+    count = _subset(first, x.shape[0], settings.robustness_images)
+    if settings.robustness_samples and count:
+
+        def explain(inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return source.maps(inputs, target[:, None], first)[:, 0]
+
+        for b, record in enumerate(m.robustness.update(explain, x[:count], classes[:count])):
+            row(b).update(record)
