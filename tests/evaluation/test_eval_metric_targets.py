@@ -15,8 +15,7 @@ from gradcam.evaluation.faithfulness import (
     perturbation_curves,
     target_scores,
 )
-from gradcam.targets import TopK
-from gradcam.tasks import ClassScore, SegmentationScore
+from gradcam.targets import ClassScore, SegmentationScore, TopK
 from tolerances import gamma, ratio_rtol, relative, unit_roundoff
 
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)

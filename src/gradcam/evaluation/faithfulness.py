@@ -9,7 +9,7 @@ All of it runs in torch on the input's device, with batched forward passes under
 mode (the model's flags are restored afterwards). Every metric takes the explainers' targets
 (:func:`target_scores`): class indices, scored as softmax probabilities by default (``score="logit"``
 reads the raw class score), or a callable ``output -> (B,)`` such as a segmentation region, a detection or
-an image-text similarity from :mod:`gradcam.tasks`, whose value is the score.
+an image-text similarity from :mod:`gradcam.targets`, whose value is the score.
 """
 
 from __future__ import annotations

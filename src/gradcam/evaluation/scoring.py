@@ -1,5 +1,5 @@
 """Scoring a metric's target on (modified) images: the explainers' targets -- class indices or a callable
-``output -> (B,)`` (:mod:`gradcam.tasks`) -- turned into one score per image, in batched forward passes."""
+``output -> (B,)`` (:mod:`gradcam.targets`) -- turned into one score per image, in batched forward passes."""
 
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def target_scores(
     """The score each input gives its target, (N,), float32, in forward passes under ``no_grad`` in eval mode.
 
     ``target``: a class index, N class indices, a callable ``output -> (N,)`` (a task target such as
-    :class:`~gradcam.tasks.SegmentationScore`, :class:`~gradcam.tasks.DetectionScore`,
-    :class:`~gradcam.tasks.EmbeddingSimilarity`; applied to the output selected by ``output=`` when given),
+    :class:`~gradcam.targets.SegmentationScore`, :class:`~gradcam.targets.DetectionScore`,
+    :class:`~gradcam.targets.EmbeddingSimilarity`; applied to the output selected by ``output=`` when given),
     or a list of N per-image callables. Class indices read ``softmax(logits)[c]`` (``score="probability"``)
     or ``logits[c]`` (``"logit"``) in chunks of ``batch_size``; a callable's value is the score as is.
 
@@ -106,7 +106,7 @@ def target_scores(
                 if logits.dim() != 2:
                     raise ValueError(
                         f"class-index targets need (N, num_classes) scores; got shape {tuple(logits.shape)} "
-                        "(pass a callable target, e.g. a gradcam.tasks target, for other outputs)"
+                        "(pass a callable target, e.g. a gradcam.targets target, for other outputs)"
                     )
                 values = logits.softmax(dim=1) if score == "probability" else logits
                 out[start : start + rows] = values.gather(1, target[start : start + rows, None])[:, 0]
