@@ -15,6 +15,7 @@ from .errors import GradCAMError, InputError, LayerError, MethodError, TargetErr
 from .explanation import Explanation
 from .methods import (
     CAM,
+    FEM,
     ISCAM,
     KPCACAM,
     METHODS,
@@ -38,6 +39,7 @@ from .methods import (
     LayerCAM,
     MultiLayerCAM,
     ScoreCAM,
+    ShapleyCAM,
     SmoothGrad,
     SmoothGradCAMPlusPlus,
     XGradCAM,
@@ -60,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
+    "FEM",
     "ISCAM",
     "KPCACAM",
     "METHODS",
@@ -93,6 +96,7 @@ __all__ = [
     "MethodError",
     "MultiLayerCAM",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "TargetError",
