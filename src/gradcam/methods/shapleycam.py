@@ -51,7 +51,10 @@ class ShapleyCAM(LayerMethod):
     any head whose only non-linearities are ReLUs, whose second derivative is zero) ``H A = 0`` and
     ShapleyCAM equals Grad-CAM; the paper pairs it with the ReST target ``y_c = z_c - CE(z, c) =
     2 z_c - logsumexp(z)``, which curves through the softmax: pass it as a callable target, e.g.
-    ``target=lambda z: 2 * z[:, c] - z.logsumexp(1)``. ``weights`` are the alpha above; the
+    ``target=gradcam.ClassScore(c) + gradcam.ClassScore(c, "log_probability")``. g and H are both taken at
+    the layer's own output A, whatever follows it (pytorch-grad-cam's ``ShapleyCAM`` keeps the output tensor
+    itself, so an in-place ReLU after the layer moves its ``H A`` to the ReLU's output and its map to the
+    rectified activations). ``weights`` are the alpha above; the
     counterfactual map explains ``-y`` (``g`` and ``H A`` both change sign). One forward pass and two
     backward passes (the second through the first's graph) per target through the part after the layer.
     """
