@@ -190,3 +190,9 @@ def test_hessian_at_the_layer_output_by_hand_whatever_relu_follows(inplace):
         assert_close(weights, torch.tensor([[0.421875, -0.109375]]), terms=4, magnitude=2.0, depth=4)
         rectified = torch.relu(x)
         assert_close(raw, torch.einsum("bk,bkuv->buv", weights, rectified), terms=2, magnitude=4.0, depth=5)
+
+
+def test_a_target_that_does_not_read_the_layer_is_an_error():
+    x = torch.tensor([[A0, A1]])
+    with pytest.raises(gradcam.LayerError, match="does not depend on layer 'conv'"):
+        gradcam.ShapleyCAM(ConvGapNet(), "conv")(x, lambda out: torch.ones(out.shape[0], requires_grad=True))
