@@ -15,6 +15,7 @@ from .errors import GradCAMError, InputError, LayerError, MethodError, TargetErr
 from .explanation import Explanation
 from .methods import (
     CAM,
+    FEM,
     ISCAM,
     KPCACAM,
     METHODS,
@@ -39,6 +40,7 @@ from .methods import (
     MultiLayerCAM,
     RefineCAM,
     ScoreCAM,
+    ShapleyCAM,
     SmoothGrad,
     SmoothGradCAMPlusPlus,
     XGradCAM,
@@ -61,6 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM",
+    "FEM",
     "ISCAM",
     "KPCACAM",
     "METHODS",
@@ -95,6 +98,7 @@ __all__ = [
     "MultiLayerCAM",
     "RefineCAM",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "TargetError",

@@ -72,7 +72,10 @@ def test_model_state_is_restored(method, rank):
     e = explain(method, model, x)
     assert_same_state(before, snapshot(model))
     assert torch.isfinite(e.heatmap).all()
-    assert e.heatmap.abs().sum() > 0 or METHODS[method].call_options.get("counterfactual")
+    # FEM's map is zero by definition when no position of any channel lies above mean + 2 std (8 positions of
+    # the signal's layer rarely do): its weights then say so
+    no_outlier = method == "fem" and not bool(e.weights.any())
+    assert e.heatmap.abs().sum() > 0 or METHODS[method].call_options.get("counterfactual") or no_outlier
     positions = tuple(x.shape[2:])
     assert e.heatmap.shape[-rank:] == positions  # maps at the input's resolution, whatever the rank
 

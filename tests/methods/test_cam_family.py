@@ -19,6 +19,8 @@ FAMILY = [
     gradcam.EigenGradCAM,
     gradcam.GradCAMElementWise,
     gradcam.ISCAM,
+    gradcam.FEM,
+    gradcam.ShapleyCAM,
 ]  # not SmoothGradCAMPlusPlus: its seeded noise is drawn image after image, so image b's noise depends on b
 
 
@@ -44,6 +46,7 @@ def test_every_new_method_is_registered():
     names = {"gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam", "multilayer"}
     names |= {"gradient", "smoothgrad", "integrated-gradients", "eigengradcam", "gradcam-elementwise"}
     names |= {"smoothgradcam++", "sscam", "iscam", "finercam", "kpcacam", "fullgrad"}
+    names |= {"fem", "shapleycam"}
     assert names <= set(gradcam.METHODS)
     for name in names:
         assert gradcam.METHODS[name].cls.name == name

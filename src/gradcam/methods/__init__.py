@@ -17,6 +17,7 @@ from .dff import Concepts, DeepFeatureFactorization, deep_feature_factorization
 from .eigencam import EigenCAM
 from .eigengradcam import EigenGradCAM
 from .elementwise import GradCAMElementWise
+from .fem import FEM
 from .finercam import FinerCAM
 from .fullgrad import FullGrad
 from .fusion import MultiLayerCAM, RefineCAM
@@ -30,6 +31,7 @@ from .kpcacam import KPCACAM
 from .layercam import LayerCAM
 from .nmf import Factorization, nmf
 from .scorecam import ScoreCAM
+from .shapleycam import ShapleyCAM
 from .smooth_gradcam_pp import SmoothGradCAMPlusPlus
 from .sscam import SSCAM
 from .xgradcam import XGradCAM
@@ -87,6 +89,12 @@ METHODS = MappingProxyType(
         ),
         "kpcacam": MethodSpec(
             KPCACAM, "KPCA-CAM", summary="KPCA-CAM: first kernel principal component of A (class-agnostic)"
+        ),
+        "fem": MethodSpec(
+            FEM, "FEM", summary="FEM: alpha = share of positions where A_k > mean_k + 2 std_k (class-agnostic)"
+        ),
+        "shapleycam": MethodSpec(
+            ShapleyCAM, "ShapleyCAM", summary="ShapleyCAM: alpha = spatial mean of g - H A / 2 (g = dy/dA, H = d2y/dA2)"
         ),
         "scorecam": MethodSpec(
             ScoreCAM, "Score-CAM", summary="Score-CAM: alpha = softmax_k of the score of x masked by A_k"
@@ -153,6 +161,7 @@ def create_explainer(name: str, model: Any, layer: Any = None, **options: Any) -
 
 __all__ = [
     "CAM",
+    "FEM",
     "ISCAM",
     "KPCACAM",
     "METHODS",
@@ -181,6 +190,7 @@ __all__ = [
     "MultiLayerCAM",
     "RefineCAM",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",

@@ -278,6 +278,11 @@ class LayerMethod(Explainer):
         """The channel weights alpha, (B, k, K); None for a method whose ``combine`` has no channel weights."""
         raise NotImplementedError
 
+    def target_gradients(self, scores: torch.Tensor, captured: torch.Tensor, name: str) -> torch.Tensor:
+        """The derivatives the weights are built from, (B, k, *A.shape[1:]): ``d scores[:, j] / dA``
+        (:func:`layer_gradients`); a second-order method (:class:`~gradcam.ShapleyCAM`) overrides it."""
+        return layer_gradients(scores, captured, name)
+
     def channel_terms(self, weights: torch.Tensor, context: MapContext) -> torch.Tensor:
         """The map's summands, (B, k, K, *S): ``combine`` is ``ReLU`` of their sum over K.
 
@@ -392,7 +397,7 @@ class LayerMethod(Explainer):
             activations = self._as_grid(captured, name, x.shape[0], x, forward_kwargs)
             gradients = None
             if self.needs_gradients:
-                gradients = layer_gradients(sign * resolved.scores, captured, name)
+                gradients = self.target_gradients(sign * resolved.scores, captured, name)
                 if self.reshape is not None:
                     gradients = torch.stack([self.reshape(g) for g in gradients.unbind(1)], dim=1)
             with no_autocast(x):
