@@ -1,4 +1,5 @@
-"""``gradcam evaluate localization|pointing|faithfulness|all``: measure the methods against ground truth.
+"""``gradcam evaluate localization|pointing|faithfulness|sanity|all``: measure the methods against ground truth
+(and the sanity checks of Adebayo et al. 2018: do the maps depend on the weights and on the class?).
 
 Over an ImageNet-format folder (images + PASCAL-VOC XML with WordNet ids) or ``--synthetic`` (generated
 shapes with exact boxes, explained by the synthetic CNN shipped with gradcam). Prints a table and
@@ -26,13 +27,13 @@ from ._common import (
 )
 
 COMMAND = "evaluate"
-HELP = "measure localization, pointing and faithfulness of every method (ImageNet-format folder or --synthetic)"
+HELP = "measure localization, pointing, faithfulness and sanity of every method (ImageNet-format folder or --synthetic)"
 EPILOG = (
     "Exit code 1 when no method could be evaluated, or when a method named with --method could not be (the table "
     "of the others is still written); methods of the default set that cannot be evaluated with the model are "
     "listed on stderr and do not change the exit code."
 )
-TASK_CHOICES = ("localization", "pointing", "faithfulness", "all")
+TASK_CHOICES = ("localization", "pointing", "faithfulness", "sanity", "all")
 
 # Defaults that differ for the synthetic benchmark (112 px images, 6 classes).
 SYNTHETIC_DEFAULTS = {"images": 200, "top_k": 1, "tolerance": 4.0, "step": 224, "faithfulness_images": 100}
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.faithfulness import SCORES
     from ..methods import METHODS
 
-    parser.add_argument("task", choices=TASK_CHOICES, help="what to measure ('all': the three together)")
+    parser.add_argument("task", choices=TASK_CHOICES, help="what to measure ('all': every task, sanity included)")
     parser.add_argument(
         "path", nargs="?", metavar="IMAGES", help="folder of images with PASCAL-VOC .xml annotations (same stems)"
     )
@@ -94,6 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patch", type=int, default=32, help="occlusion patch (32)")
     group.add_argument("--stride", type=int, default=16, help="occlusion stride (16)")
     group.add_argument("--fill", type=float, default=0.0, help="occlusion fill value in input space (0)")
+    group = parser.add_argument_group("sanity checks (model-parameter randomisation, random logit)")
+    group.add_argument(
+        "--sanity-images", type=int, default=4, metavar="N",
+        help="sanity checks on the first N images (default 4; each costs 2 x layers + 2 explanations per method)",
+    )  # fmt: skip
     parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--html", action="store_true", help="also write OUT/report.html (table, curves, examples)")
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:
         raise CLIError(f"--figure-images must be >= 0; got {args.figure_images}")
-    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride"):
+    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride", "sanity_images"):
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.synthetic and args.path:
         raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
@@ -185,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         faithfulness_images=args.faithfulness_images or defaults["faithfulness_images"],
         figure_images=args.figure_images,
+        sanity_images=args.sanity_images,
     )
 
     def report(line: str) -> None:

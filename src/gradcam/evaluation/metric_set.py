@@ -9,12 +9,13 @@ from ..models import LoadedModel
 from .faithfulness import ConfidenceChange, DeletionInsertion, OcclusionCorrelation
 from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGame
 from .results import EvaluationSettings
+from .sanity import SanityCheck
 
 
 class MetricSet:
     """The metric objects of one source (TorchCAM-style update / summary; merged with :meth:`merge`)."""
 
-    NAMES = ("localization", "boxes", "pointing", "energy", "curves", "confidence", "occlusion")
+    NAMES = ("localization", "boxes", "pointing", "energy", "curves", "confidence", "occlusion", "sanity")
 
     def __init__(self, settings: EvaluationSettings, loaded: LoadedModel) -> None:
         s = settings
@@ -28,6 +29,7 @@ class MetricSet:
         pre = loaded.preprocess
         self.confidence = ConfidenceChange(pre.mean, pre.std, s.score, batch_size=s.curve_batch_size)
         self.occlusion = OcclusionCorrelation(s.patch, s.stride, s.fill, s.score, batch_size=s.curve_batch_size)
+        self.sanity = SanityCheck(s.sanity_modes, s.seed)
 
     def merge(self, other: MetricSet) -> MetricSet:
         """Append another batch's state, metric by metric (see :mod:`.state`)."""
@@ -82,4 +84,17 @@ class MetricSet:
             )
             if occlusion:
                 out["rank_correlation"] = self.occlusion.summary()["rank_correlation"]
+        if "sanity" in tasks:
+            out.update(sanity_columns(self.sanity.summary()))
         return {key: value for key, value in out.items() if value is not None}
+
+
+def sanity_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """The table's sanity numbers: last cascading step's SSIM and |Spearman|, random-logit SSIM, pass / FAIL."""
+    passed = summary.get("passed")
+    return {
+        "mprt_ssim": summary.get("mprt_ssim"),
+        "mprt_spearman": summary.get("mprt_spearman"),
+        "random_logit_ssim": summary.get("random_logit_ssim"),
+        "sanity": None if passed is None else "pass" if passed else "FAIL",
+    }

@@ -46,6 +46,7 @@ from .merge import combine
 from .metric_set import MetricSet
 from .results import EvaluationResult, EvaluationSettings, Example, Timing
 from .resume import BatchPart, PartStore, run_key
+from .sanity import image_rows, source_factory
 from .sources import MapSource, make_sources
 
 
@@ -101,6 +102,7 @@ class _Run:
     device: torch.device
     kept: dict[str, dict[str, Example]] = field(default_factory=lambda: defaultdict(dict))  # running best/worst
     batches_done: int = 0
+    layer: Any = None  # the layer methods' layer (rebuilt on randomised copies by the sanity checks)
 
 
 def evaluate(
@@ -151,6 +153,7 @@ def evaluate(
     run = _Run(
         loaded, model, settings, list(sources), key, set(figure_selection(items, settings.figure_images)), device
     )
+    run.layer = layer
     from tqdm.auto import tqdm
 
     parts: list[BatchPart] = []
@@ -227,6 +230,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
             m, source, settings, model, x, explained, top_maps, truth_classes, truth_maps, truths, geometries,
             faithful, keep, occlusion, first, batch, part.rows,
         )  # fmt: skip
+        if "sanity" in tasks and first < settings.sanity_images:
+            _sanity(run, m, source, x[: settings.sanity_images - first], top[:, 0], first, part, batch, report)
         if truth_maps is not None:
             before = dict(run.kept[source.name])
             keep_examples(source, truth_maps, truth_classes, truths, geometries, batch, first, m, settings, run.kept)
@@ -321,3 +326,26 @@ def _update(
         if occlusion is not None:
             for b, record in enumerate(m.occlusion.update(model, x[:keep], saliency, classes, occlusion)):
                 row(b)["rank_correlation"] = record["rank_correlation"]
+
+
+def _sanity(
+    run: _Run,
+    m: MetricSet,
+    source: MapSource,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    first: int,
+    part: BatchPart,
+    batch: Sequence[AnnotatedImage],
+    report: Callable[[str], None],
+) -> None:
+    """The sanity checks of one source on the batch's first images (:mod:`.sanity`), folded into per-image rows:
+    each image's similarity at the last cascading step and its random-logit SSIM."""
+    try:
+        records = m.sanity.update(run.model, source_factory(source, run.layer, first), x, classes[: len(x)], first)
+    except (GradCAMError, RuntimeError, ValueError) as error:
+        report(f"{source.name}: sanity checks not run on images {first}.. ({type(error).__name__}: {error})")
+        return
+    for image, values in image_rows(records).items():
+        key = (image, source.name)
+        part.rows.setdefault(key, {"image": batch[image - first].name, "method": source.name}).update(values)

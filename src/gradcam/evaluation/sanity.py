@@ -38,7 +38,7 @@ from torch import nn
 from ..capture import model_guard
 from ..targets import select_output
 from .similarity import SIMILARITIES, map_similarities, nanmean
-from .sources import MethodSource
+from .sources import MapSource, MethodSource
 from .state import Mergeable
 
 __all__ = [
@@ -127,6 +127,27 @@ def map_factory(explainer: str | Callable[[nn.Module], Any], layer: Any = None) 
         return maps
 
     return build_callable
+
+
+def source_factory(source: MapSource, layer: Any = None, first: int = 0) -> MapFactory:
+    """The :data:`MapFactory` of an evaluation source: a registered method rebuilt on each model with ``layer``;
+    a baseline's own maps (of the batch whose first image is ``first``), whatever the model."""
+    if source.is_baseline:
+        return lambda model: lambda x, classes: source.maps(x, classes, first)
+    return map_factory(source.name, layer)
+
+
+def image_rows(records: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per image: ``mprt_ssim`` / ``mprt_spearman`` (absolute values) at the last cascading step, and the
+    random-logit ``random_logit_ssim`` with the ``random_class`` drawn."""
+    last = max((r["step"] for r in records if r["test"] == "cascading"), default=None)
+    rows: dict[int, dict[str, Any]] = {}
+    for r in records:
+        if r["test"] == "cascading" and r["step"] == last:
+            rows.setdefault(r["image"], {}).update({"mprt_ssim": r["ssim"], "mprt_spearman": r["spearman_abs"]})
+        elif r["test"] == "random-logit":
+            rows.setdefault(r["image"], {}).update({"random_logit_ssim": r["ssim"], "random_class": r["other"]})
+    return rows
 
 
 def _classes(target: int | Sequence[int] | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
