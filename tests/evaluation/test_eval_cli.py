@@ -23,7 +23,7 @@ def run(args, capsys):
 def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "all", "--synthetic", "--images", 6, "--faithfulness-images", 3, "--method", "gradcam"]
-    code, stdout, _ = run([*args, "--method", "counterfactual", "--out", out, *SMALL], capsys)
+    code, stdout, _ = run([*args, "--method", "counterfactual", "--sanity-images", 2, "--out", out, *SMALL], capsys)
     assert code == 0
     assert "| Grad-CAM |" in stdout and "| Counterfactual |" in stdout and "| Baseline: random map |" in stdout
     assert "model synthetic-cnn, 6 images" in stdout
@@ -38,6 +38,18 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     methods = {m["method"]: m for m in summary["methods"]}
     assert set(methods) == {"gradcam", "counterfactual", "center", "whole-image", "random"}
     assert methods["whole-image"]["in_out_ratio"] == pytest.approx(1.0)
+    # sanity: maps that ignore the model fail, Grad-CAM's change when the weights are randomised
+    assert "| Sanity |" in stdout and "| **FAIL** |" in stdout
+    assert {name: m["sanity"] for name, m in methods.items()} == {
+        "gradcam": "pass", "counterfactual": "pass", "center": "FAIL", "whole-image": "FAIL", "random": "FAIL"
+    }  # fmt: skip
+    assert methods["center"]["mprt_ssim"] == 1.0 and methods["gradcam"]["mprt_ssim"] < 0.5
+    curves = json.loads((out / "sanity.json").read_text())
+    assert (
+        list(curves["gradcam"]) == ["cascading", "independent"] and next(iter(curves["gradcam"]["cascading"])) == "fc"
+    )
+    assert (out / "sanity.png").is_file()
+    assert sum(1 for r in rows if r["mprt_ssim"]) == 2 * 5  # sanity on the first two images only
 
 
 def test_imagenet_format_folder_with_a_factory_model(tmp_path, capsys):

@@ -66,6 +66,11 @@ def test_ssim_of_identical_maps_is_exactly_one():
     assert ssim(a, a).tolist() == [1.0, 1.0, 1.0]
     flat = torch.zeros(1, SIZE, SIZE)
     assert map_similarities(flat, flat)["ssim"] == [1.0]  # C1 C2 / (C1 C2)
+    sparse = flat.clone()
+    sparse[0, 5, 5] = 1.0  # against a zero map its zero background alone would score SSIM ~ 1: no SSIM
+    assert math.isnan(map_similarities(sparse, flat)["ssim"][0]) and math.isnan(
+        map_similarities(flat, sparse)["ssim"][0]
+    )
 
 
 def _seven_by_seven() -> torch.Tensor:

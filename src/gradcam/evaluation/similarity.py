@@ -8,6 +8,8 @@
   (11 x 11), population statistics; ``window="uniform"`` with ``sample_covariance=True`` is scikit-image's default
   (7 x 7 box, variances scaled by ``n / (n - 1)``). The result equals ``skimage.metrics.structural_similarity``
   with the same options. Maps are min-max normalised to [0, 1] first (``L = 1``; a flat map becomes zero).
+  A flat map against one that is not has no SSIM here (NaN): against a zero map, every window over the other's
+  zero background scores 1, so an explanation that vanished would look alike the original. Two flat maps: 1.
 - **Spearman**: :func:`gradcam.evaluation.statistics.spearman` of the raw maps, and of their absolute values
   (Adebayo et al. 2018 report both for signed maps; for non-negative maps they agree). NaN for a constant map.
 """
@@ -91,12 +93,16 @@ def ssim(
 
 
 def map_similarities(original: torch.Tensor, other: torch.Tensor) -> dict[str, list[float]]:
-    """Every similarity of each pair of maps (N, H, W): ``ssim`` of the maps min-max normalised to [0, 1],
+    """Every similarity of each pair of maps (N, H, W): ``ssim`` of the maps min-max normalised to [0, 1] (NaN when
+    exactly one of the two is flat),
     ``spearman`` of the raw maps and ``spearman_abs`` of their absolute values; one float per pair."""
     if original.shape != other.shape or original.dim() != 3:
         raise ValueError(f"maps must be (N, H, W) of one shape; got {tuple(original.shape)}, {tuple(other.shape)}")
     a, b = original.detach().double(), other.detach().double()
-    structural = ssim(normalize(a.clone()), normalize(b.clone())).tolist()
+    unit_a, unit_b = normalize(a.clone()), normalize(b.clone())
+    structural = ssim(unit_a, unit_b)
+    flat_a, flat_b = unit_a.flatten(1).amax(1) == 0, unit_b.flatten(1).amax(1) == 0
+    structural = torch.where(flat_a != flat_b, math.nan, structural).tolist()
     rank = [spearman(p, q) for p, q in zip(a, b)]
     absolute = [spearman(p.abs(), q.abs()) for p, q in zip(a, b)]
     return {"ssim": structural, "spearman": rank, "spearman_abs": absolute}
