@@ -9,6 +9,8 @@ Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
 - :class:`DeletionInsertion` — RISE's deletion / insertion AUC.
 - :class:`ConfidenceChange` — Grad-CAM++'s Average Drop and Increase in Confidence.
 - :class:`OcclusionCorrelation` — Spearman correlation with occlusion maps (Grad-CAM §5.3).
+- :class:`SanityCheck` — Adebayo et al.'s model-parameter randomisation (cascading, independent) and the
+  random-logit test, with a pass / FAIL verdict; :func:`parameter_randomisation`, :func:`random_logit`, :func:`ssim`.
 
 Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
 :class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
@@ -39,6 +41,14 @@ from .regions import box_iou, connected_components, largest_component, map_to_bo
 from .report import format_table, write_report
 from .results import TASKS, EvaluationResult, EvaluationSettings
 from .runner import evaluate
+from .sanity import (
+    SanityCheck,
+    parameter_randomisation,
+    random_logit,
+    randomisable_layers,
+    randomised_models,
+)
+from .similarity import map_similarities, ssim
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
@@ -58,6 +68,7 @@ __all__ = [
     "LocalizationError",
     "OcclusionCorrelation",
     "PointingGame",
+    "SanityCheck",
     "SyntheticCNN",
     "SyntheticShapes",
     "auc",
@@ -73,13 +84,19 @@ __all__ = [
     "load_annotated_folder",
     "load_synthetic_model",
     "map_entropy",
+    "map_similarities",
     "map_to_box",
     "occlusion_map",
+    "parameter_randomisation",
     "peak_point",
     "perturbation_curves",
+    "random_logit",
+    "randomisable_layers",
+    "randomised_models",
     "read_voc_xml",
     "saliency_2d",
     "spearman",
+    "ssim",
     "synthetic_items",
     "voc_xml",
     "write_annotated_folder",

@@ -16,7 +16,8 @@ order randomises the ``i``-th last. Each is re-initialised by its own ``reset_pa
 initialisation) under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the global random state is
 untouched, a layer gets the same random values in both modes, and with ``seed = s + 1`` the models are exactly
 those of Quantus 0.6.0's ``get_random_layer_generator(seed=s)``. Normalisation layers' running statistics are
-reset too (mean 0, variance 1).
+reset too (mean 0, variance 1). A layer reset under the seed that built it gets its initial values back (an untrained
+model made right after ``torch.manual_seed(seed)``): randomise with another seed.
 
 Verdict. A method **fails** when, with every layer randomised (the last cascading step), its maps are still
 alike the trained model's: mean SSIM or mean absolute-value Spearman above :data:`THRESHOLD` = 0.5. The
