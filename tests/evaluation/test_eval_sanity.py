@@ -315,3 +315,38 @@ def test_random_logit_and_similarities_agree_with_quantus():
             quantus.similarity_func.correlation_spearman(p.numpy().ravel(), q.numpy().ravel()), rel=1e-12
         )
     assert math.isnan(map_similarities(torch.ones(1, 16, 16), a[:1].float())["spearman"][0])
+
+
+# ------------------------------------------------------------------------------------------- gradcam evaluate
+
+
+def test_evaluate_sanity_task_matches_the_function_api_however_batched():
+    from gradcam.evaluation import EvaluationSettings, evaluate
+    from gradcam.evaluation.report import format_table
+
+    loaded, x, classes = _synthetic_batch(3)
+    items = synthetic_items(3, seed=1)
+    settings = EvaluationSettings(
+        tasks=("sanity",), methods=("gradcam",), baselines=("center",), sanity_images=2, batch_size=1
+    )
+    one = evaluate(loaded, items, settings)
+    two = evaluate(loaded, items, EvaluationSettings(**{**settings.__dict__, "batch_size": 2}))
+    check = SanityCheck(seed=settings.seed)
+    check.update(loaded.model, map_factory("gradcam", loaded.default_layer), x[:2], classes[:2])
+    direct = check.summary()
+    summary = two.row("gradcam").summary  # the same batch of two as the direct call: the same numbers
+    assert two.sanity["gradcam"] == direct["curves"]
+    assert summary["mprt_ssim"] == direct["mprt_ssim"] and summary["sanity"] == "pass"
+    assert summary["random_logit_ssim"] == direct["random_logit_ssim"]
+    # batches of one: other kernels, maps within float32 rounding, so near-tied ranks may swap (each swap moves
+    # rho by ~1 / n for n = 112 * 112 pixels) and SSIM moves by about the maps' rounding
+    for mode, curve in one.sanity["gradcam"].items():
+        for layer, values in curve.items():
+            for key, value in values.items():
+                assert value == pytest.approx(direct["curves"][mode][layer][key], abs=1e-3), (mode, layer, key)
+    assert one.row("gradcam").summary["sanity"] == "pass"
+    for result in (one, two):
+        assert result.row("center").summary["sanity"] == "FAIL"
+        assert sum(1 for row in result.per_image if "mprt_ssim" in row) == 2 * 2  # 2 images x 2 sources
+    table = format_table(one)
+    assert "| MPRT SSIM ↓ |" in table and "| **FAIL** |" in table and "| pass |" in table

@@ -188,7 +188,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
     logits = _predict(model, x)
     k = min(settings.top_k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    explained = top if "localization" in tasks else top[:, :1] if "faithfulness" in tasks else top[:, :0]
+    one = "faithfulness" in tasks or "sanity" in tasks  # both explain the top-1 class
+    explained = top if "localization" in tasks else top[:, :1] if one else top[:, :0]
     hits = {"top1": 0, "topk": 0}
     for b, truth in enumerate(truths):
         present = {c for c, _ in truth}
