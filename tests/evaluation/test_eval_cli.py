@@ -23,7 +23,9 @@ def run(args, capsys):
 def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "all", "--synthetic", "--images", 6, "--faithfulness-images", 3, "--method", "gradcam"]
-    code, stdout, _ = run([*args, "--method", "counterfactual", "--sanity-images", 2, "--out", out, *SMALL], capsys)
+    code, stdout, _ = run(
+        [*args, "--method", "counterfactual", "--sanity-images", 2, "--html", "--out", out, *SMALL], capsys
+    )
     assert code == 0
     assert "| Grad-CAM |" in stdout and "| Counterfactual |" in stdout and "| Baseline: random map |" in stdout
     assert "model synthetic-cnn, 6 images" in stdout
@@ -49,6 +51,8 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
         list(curves["gradcam"]) == ["cascading", "independent"] and next(iter(curves["gradcam"]["cascading"])) == "fc"
     )
     assert (out / "sanity.png").is_file()
+    page = (out / "report.html").read_text()
+    assert page.count("<strong>FAIL</strong>") == 3 and page.count("<td>pass</td>") == 2 and 'src="sanity.png"' in page
     assert sum(1 for r in rows if r["mprt_ssim"]) == 2 * 5  # sanity on the first two images only
 
 

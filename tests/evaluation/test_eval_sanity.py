@@ -272,6 +272,7 @@ def _explain(model, inputs, targets, **kwargs):
     return map_factory("gradcam", "relu")(model)(x, classes).numpy()  # (B, 1, H, W)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # Quantus' NaN for a flat map
 def test_mprt_agrees_with_quantus():
     quantus = _quantus()
     net, x, seed = TwoLayer(), _input(), 4
