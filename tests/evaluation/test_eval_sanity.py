@@ -351,3 +351,15 @@ def test_evaluate_sanity_task_matches_the_function_api_however_batched():
         assert sum(1 for row in result.per_image if "mprt_ssim" in row) == 2 * 2  # 2 images x 2 sources
     table = format_table(one)
     assert "| MPRT SSIM ↓ |" in table and "| **FAIL** |" in table and "| pass |" in table
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_model_and_both_random_states_are_left_as_found():
+    net, x = TwoLayer().cuda(), _input().cuda()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cpu, cuda = torch.get_rng_state(), torch.cuda.get_rng_state()
+    first = parameter_randomisation(net, "gradcam", x, 0, layer="relu", seed=3)
+    again = parameter_randomisation(net, "gradcam", x, 0, layer="relu", seed=3)
+    assert first == again  # the same seed, the same randomised layers (drawn by the CUDA generator)
+    assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), cuda)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -16,15 +16,17 @@ order randomises the ``i``-th last. Each is re-initialised by its own ``reset_pa
 initialisation) under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the global random state is
 untouched, a layer gets the same random values in both modes, and with ``seed = s + 1`` the models are exactly
 those of Quantus 0.6.0's ``get_random_layer_generator(seed=s)``. Normalisation layers' running statistics are
-reset too (mean 0, variance 1). A layer reset under the seed that built it gets its initial values back (an untrained
-model made right after ``torch.manual_seed(seed)``): randomise with another seed.
+reset too (mean 0, variance 1). A layer reset under the seed that built it gets its initial values back (an
+untrained model made right after ``torch.manual_seed(seed)``): randomise with another seed. Layers on an
+accelerator draw from that device's generator, so their values differ from the CPU's for the same seed.
 
 Verdict. A method **fails** when, with every layer randomised (the last cascading step), its maps are still
-alike the trained model's: mean SSIM or mean absolute-value Spearman above :data:`THRESHOLD` = 0.5. The
-number is the midpoint between unchanged maps (1) and unrelated ones (0); in the paper the methods judged
-insensitive (Guided Backprop, Guided Grad-CAM) stay visibly alike their originals after full randomisation
-while the gradient and Grad-CAM decay towards 0 (Adebayo et al. 2018, Fig. 2 and 4), so 0.5 separates them.
-A map that ignores the model (the baselines) has similarity 1 and fails.
+alike the trained model's: mean SSIM, or mean Spearman's rho of the maps' absolute values, above
+:data:`THRESHOLD` = 0.5. The number is the midpoint between unchanged maps (1) and unrelated ones (0); in the
+paper the methods judged insensitive (Guided Backprop, Guided Grad-CAM) stay visibly alike their originals as
+the layers are randomised while the gradient and Grad-CAM decay towards 0 (Adebayo et al. 2018, Fig. 2 and 4).
+A map that ignores the model (the baselines) has similarity 1 and fails. The verdict reads the last step only:
+the whole curve (a method that changes only once the first layers are random) is in :meth:`SanityCheck.curves`.
 """
 
 from __future__ import annotations
