@@ -202,6 +202,8 @@ def test_layers_and_bad_arguments():
         parameter_randomisation(TwoLayer(), "gradcam", _input(), [0, 1, 0], layer="relu")
     with pytest.raises(ValueError, match="unknown method"):
         map_factory("magic")
+    with pytest.raises(TypeError, match="by name"):
+        map_factory("gradcam", TwoLayer().relu)
 
 
 # ---------------------------------------------------------------------------------------------- random logit

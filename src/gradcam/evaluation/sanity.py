@@ -103,6 +103,10 @@ def randomised_models(
 def map_factory(explainer: str | Callable[[nn.Module], Any], layer: Any = None) -> MapFactory:
     """A :data:`MapFactory` from a registered method's name (built with ``layer`` and its call options) or from
     ``explainer(model)`` returning an explainer whose call ``(x, classes)`` gives an Explanation or maps."""
+    if isinstance(layer, nn.Module) or (
+        isinstance(layer, (list, tuple)) and any(isinstance(m, nn.Module) for m in layer)
+    ):
+        raise TypeError("layer must be given by name for the sanity checks: a randomised copy has its own modules")
     if isinstance(explainer, str):
         from ..methods import METHODS, create_explainer
 
