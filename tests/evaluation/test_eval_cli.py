@@ -24,7 +24,9 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "all", "--synthetic", "--images", 6, "--faithfulness-images", 3, "--method", "gradcam"]
     extra = ["--road-images", 1, "--robustness-images", 2]  # ROAD and sensitivity on fewer images still
-    code, stdout, _ = run([*args, "--method", "counterfactual", "--out", out, *extra, *SMALL], capsys)
+    code, stdout, _ = run(
+        [*args, "--method", "counterfactual", "--sanity-images", 2, "--html", "--out", out, *extra, *SMALL], capsys
+    )
     assert code == 0
     assert "| Grad-CAM |" in stdout and "| Counterfactual |" in stdout and "| Baseline: random map |" in stdout
     assert "model synthetic-cnn, 6 images" in stdout
@@ -44,6 +46,20 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     assert [sum(1 for r in rows if r[key]) for key in ("road_gap", "max_sensitivity", "sparseness")] == [5, 10, 15]
     # a constant map: Gini index exactly 0, and it does not move when the input does
     assert methods["whole-image"]["sparseness"] == 0.0 and methods["whole-image"]["max_sensitivity"] == 0.0
+    # sanity: maps that ignore the model fail, Grad-CAM's change when the weights are randomised
+    assert "| Sanity |" in stdout and "| **FAIL** |" in stdout
+    assert {name: m["sanity"] for name, m in methods.items()} == {
+        "gradcam": "pass", "counterfactual": "pass", "center": "FAIL", "whole-image": "FAIL", "random": "FAIL"
+    }  # fmt: skip
+    assert methods["center"]["mprt_ssim"] == 1.0 and methods["gradcam"]["mprt_ssim"] < 0.5
+    curves = json.loads((out / "sanity.json").read_text())
+    assert (
+        list(curves["gradcam"]) == ["cascading", "independent"] and next(iter(curves["gradcam"]["cascading"])) == "fc"
+    )
+    assert (out / "sanity.png").is_file()
+    page = (out / "report.html").read_text()
+    assert page.count("<strong>FAIL</strong>") == 3 and page.count("<td>pass</td>") == 2 and 'src="sanity.png"' in page
+    assert sum(1 for r in rows if r["mprt_ssim"]) == 2 * 5  # sanity on the first two images only
 
 
 def test_imagenet_format_folder_with_a_factory_model(tmp_path, capsys):

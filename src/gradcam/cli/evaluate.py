@@ -1,4 +1,5 @@
-"""``gradcam evaluate localization|pointing|faithfulness|all``: measure the methods against ground truth.
+"""``gradcam evaluate localization|pointing|faithfulness|sanity|all``: measure the methods against ground truth
+(and the sanity checks of Adebayo et al. 2018: do the maps depend on the weights and on the class?).
 
 Over an ImageNet-format folder (images + PASCAL-VOC XML with WordNet ids) or ``--synthetic`` (generated
 shapes with exact boxes, explained by the synthetic CNN shipped with gradcam). Prints a table and
@@ -27,15 +28,15 @@ from ._common import (
 
 COMMAND = "evaluate"
 HELP = (
-    "measure localization, pointing and faithfulness of every method, or how maps move under adversarial attacks "
-    "(ImageNet-format folder or --synthetic)"
+    "measure localization, pointing, faithfulness and sanity of every method, or how maps move under "
+    "adversarial attacks (ImageNet-format folder or --synthetic)"
 )
 EPILOG = (
     "Exit code 1 when no method could be evaluated, or when a method named with --method could not be (the table "
     "of the others is still written); methods of the default set that cannot be evaluated with the model are "
     "listed on stderr and do not change the exit code."
 )
-TASK_CHOICES = ("localization", "pointing", "faithfulness", "all", "adversarial")
+TASK_CHOICES = ("localization", "pointing", "faithfulness", "sanity", "all", "adversarial")
 
 # Defaults that differ for the synthetic benchmark (112 px images, 6 classes).
 SYNTHETIC_DEFAULTS = {"images": 200, "top_k": 1, "tolerance": 4.0, "step": 224, "faithfulness_images": 100}
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "task", choices=TASK_CHOICES,
-        help="what to measure ('all': the first three together; 'adversarial': how maps move under FGSM / PGD)",
+        help="what to measure ('all': the first four together; 'adversarial': how maps move under FGSM / PGD)",
     )  # fmt: skip
     parser.add_argument(
         "path", nargs="?", metavar="IMAGES", help="folder of images with PASCAL-VOC .xml annotations (same stems)"
@@ -111,6 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._adversarial import add_adversarial_arguments
 
     add_adversarial_arguments(parser)
+    group = parser.add_argument_group("sanity checks (model-parameter randomisation, random logit)")
+    group.add_argument(
+        "--sanity-images", type=int, default=4, metavar="N",
+        help="sanity checks on the first N images (default 4; each costs 2 x layers + 2 explanations per method)",
+    )  # fmt: skip
     parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--html", action="store_true", help="also write OUT/report.html (table, curves, examples)")
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = SYNTHETIC_DEFAULTS if args.synthetic else FOLDER_DEFAULTS
     if args.figure_images < 0:
         raise CLIError(f"--figure-images must be >= 0; got {args.figure_images}")
-    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride"):
+    for name in ("images", "top_k", "faithfulness_images", "step", "batch_size", "patch", "stride", "sanity_images"):
         _positive(name.replace("_", "-"), getattr(args, name))
     if args.synthetic and args.path:
         raise CLIError("give either IMAGES (a folder) or --synthetic, not both")
@@ -215,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         robustness_samples=args.robustness_samples,
         robustness_images=args.robustness_images,
         figure_images=args.figure_images,
+        sanity_images=args.sanity_images,
     )
 
     def report(line: str) -> None:

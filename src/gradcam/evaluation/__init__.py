@@ -16,6 +16,8 @@ Metrics (each keeps state: ``update`` / ``summary`` / ``reset``):
 
 The faithfulness metrics take the explainers' targets: class indices or a callable ``output -> (B,)``
 (:func:`target_scores`).
+- :class:`SanityCheck` — Adebayo et al.'s model-parameter randomisation (cascading, independent) and the
+  random-logit test, with a pass / FAIL verdict; :func:`parameter_randomisation`, :func:`random_logit`, :func:`ssim`.
 
 Data: :func:`load_annotated_folder` (images + PASCAL-VOC XML, ImageNet WordNet ids) and
 :class:`SyntheticShapes` with its trained CNN (:func:`load_synthetic_model`). :func:`evaluate` runs
@@ -51,7 +53,15 @@ from .results import TASKS, EvaluationResult, EvaluationSettings
 from .road import ROAD, noisy_linear_imputation, road_curves
 from .robustness import AvgSensitivity, MaxSensitivity, Sensitivity, sensitivities
 from .runner import evaluate
+from .sanity import (
+    SanityCheck,
+    parameter_randomisation,
+    random_logit,
+    randomisable_layers,
+    randomised_models,
+)
 from .scoring import target_scores
+from .similarity import map_similarities, ssim
 from .sources import BASELINES, default_methods
 from .statistics import average_ranks, spearman
 from .synthetic import CLASSES, SyntheticCNN, SyntheticShapes, load_synthetic_model, synthetic_items
@@ -78,6 +88,7 @@ __all__ = [
     "MaxSensitivity",
     "OcclusionCorrelation",
     "PointingGame",
+    "SanityCheck",
     "Sensitivity",
     "SyntheticCNN",
     "SyntheticShapes",
@@ -99,18 +110,24 @@ __all__ = [
     "load_annotated_folder",
     "load_synthetic_model",
     "map_entropy",
+    "map_similarities",
     "map_to_box",
     "noisy_linear_imputation",
     "occlusion_map",
+    "parameter_randomisation",
     "peak_point",
     "perturbation_curves",
     "pgd",
+    "random_logit",
+    "randomisable_layers",
+    "randomised_models",
     "read_voc_xml",
     "road_curves",
     "saliency_2d",
     "sample_items",
     "sensitivities",
     "spearman",
+    "ssim",
     "synthetic_items",
     "target_scores",
     "voc_xml",

@@ -74,6 +74,7 @@ def combine(
                     "deletion": deletion.tolist(),
                     "insertion": insertion.tolist(),
                 }
+    sanity = {name: metrics[name].sanity.curves() for name in live if metrics[name].sanity.records}
     seen = sum(len(part.names) for part in parts)
     k = parts[0].k if parts else settings.top_k
     classification = {
@@ -95,4 +96,5 @@ def combine(
         seconds=0.0,
         labels=loaded.labels,
         figure=[row for row in figure if row.maps],
+        sanity=sanity,
     )

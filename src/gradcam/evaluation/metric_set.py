@@ -12,6 +12,7 @@ from .localization import BoxAccuracy, BoxEnergy, LocalizationError, PointingGam
 from .results import EvaluationSettings
 from .road import ROAD
 from .robustness import Sensitivity
+from .sanity import SanityCheck
 
 
 class MetricSet:
@@ -19,6 +20,7 @@ class MetricSet:
 
     NAMES = ("localization", "boxes", "pointing", "energy", "curves", "confidence", "occlusion")
     NAMES += ("road", "robustness", "complexity")
+    NAMES += ("sanity",)
 
     def __init__(self, settings: EvaluationSettings, loaded: LoadedModel) -> None:
         s = settings
@@ -35,6 +37,7 @@ class MetricSet:
         self.road = ROAD(s.road_percentages, s.road_noise, s.score, batch_size=s.curve_batch_size, seed=s.seed)
         self.robustness = Sensitivity(max(s.robustness_samples, 1), s.robustness_radius, s.seed)
         self.complexity = Complexity()
+        self.sanity = SanityCheck(s.sanity_modes, s.seed)
 
     def merge(self, other: MetricSet) -> MetricSet:
         """Append another batch's state, metric by metric (see :mod:`.state`)."""
@@ -90,6 +93,8 @@ class MetricSet:
             if occlusion:
                 out["rank_correlation"] = self.occlusion.summary()["rank_correlation"]
             out.update(self.extra_summary())
+        if "sanity" in tasks:
+            out.update(sanity_columns(self.sanity.summary()))
         return {key: value for key, value in out.items() if value is not None}
 
     def extra_summary(self) -> dict[str, Any]:
@@ -105,3 +110,14 @@ class MetricSet:
             complexity = self.complexity.summary()
             out.update({key: complexity[key] for key in ("sparseness", "entropy")})
         return out
+
+
+def sanity_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """The table's sanity numbers: last cascading step's SSIM and |Spearman|, random-logit SSIM, pass / FAIL."""
+    passed = summary.get("passed")
+    return {
+        "mprt_ssim": summary.get("mprt_ssim"),
+        "mprt_spearman": summary.get("mprt_spearman"),
+        "random_logit_ssim": summary.get("random_logit_ssim"),
+        "sanity": None if passed is None else "pass" if passed else "FAIL",
+    }

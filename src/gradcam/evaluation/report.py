@@ -28,6 +28,8 @@ from ..imaging.geometry import Geometry
 from ..imaging.grids import ZERO_MAP_NOTE
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
 from .results import EvaluationResult, Example, FigureRow
+from .sanity import THRESHOLD
+from .sanity_figure import plot_sanity
 
 logger = logging.getLogger("gradcam")
 
@@ -60,16 +62,24 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "sparseness": ("Sparseness ↑", "{:.3f}"),
     "entropy": ("Entropy ↓", "{:.2f}"),
     "cost": ("Cost (forward passes) ↓", "{:.1f}"),
+    "mprt_ssim": ("MPRT SSIM ↓", "{:.3f}"),
+    "mprt_spearman": ("MPRT rank corr. ↓", "{:.3f}"),
+    "random_logit_ssim": ("Random-logit SSIM ↓", "{:.3f}"),
+    "sanity": ("Sanity", "{}"),
 }
+#: Cell text that flags a method in the table (a failed sanity check).
+FLAGS = {"FAIL": "**FAIL**"}
 
 TASK_COLUMNS = {
     "localization": ("top1_loc_error", "topk_loc_error", "top1_cls_error", "box_accuracy", "max_box_accuracy"),
     "pointing": ("pointing", "pointing_two_object", "points_at_other", "energy", "in_out_ratio"),
     "faithfulness": ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "rank_correlation"),
+    "sanity": ("mprt_ssim", "mprt_spearman", "random_logit_ssim", "sanity"),
 }
 #: Faithfulness's further columns: ROAD, robustness, complexity (each shown when it ran).
 TASK_COLUMNS["faithfulness"] += ("road_morf", "road_lerf", "road_gap", "max_sensitivity", "avg_sensitivity")
 TASK_COLUMNS["faithfulness"] += ("sparseness", "entropy")
+HEADLINE_TASKS = ("localization", "pointing", "faithfulness")
 HEADLINE_COLUMNS = (
     "box_accuracy",
     "max_box_accuracy",
@@ -93,7 +103,9 @@ METHODS_TILE_HEIGHT = 160
 def table_columns(result: EvaluationResult) -> list[str]:
     """The columns for this run: the headline set when every task ran, else each task's own."""
     tasks = result.settings.tasks
-    columns = list(HEADLINE_COLUMNS) if len(tasks) == 3 else [c for task in tasks for c in TASK_COLUMNS[task]]
+    headline = all(task in tasks for task in HEADLINE_TASKS)
+    columns = list(HEADLINE_COLUMNS) if headline else [c for t in tasks if t in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
+    columns += [c for t in tasks if t not in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
     columns.append("cost")
     present = {key for m in result.methods for key in m.summary}
     return [c for c in dict.fromkeys(columns) if c in present]
@@ -119,7 +131,8 @@ def format_table(result: EvaluationResult, columns: Sequence[str] | None = None)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 cells.append("–")
             else:
-                cells.append(COLUMNS[column][1].format(value))
+                text = COLUMNS[column][1].format(value)
+                cells.append(FLAGS.get(text, text))
         lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -146,6 +159,12 @@ def describe(result: EvaluationResult) -> str:
             parts.append(f"ROAD at {', '.join(f'{p:g}' for p in s.road_percentages)} %, noise {s.road_noise:g}")
         if s.robustness_samples:
             parts.append(f"sensitivity: {s.robustness_samples} samples of Uniform(±{s.robustness_radius:g}) noise")
+    if "sanity" in s.tasks:
+        parts.append(
+            f"sanity: {' and '.join(s.sanity_modes)} randomisation of every layer, top down, and a random other "
+            f"class, on the first {min(s.sanity_images, result.images)} images; FAIL when the maps of the fully "
+            f"randomised model keep SSIM or rank correlation > {THRESHOLD:g}"
+        )
     return "; ".join(parts)
 
 
@@ -187,7 +206,8 @@ def summary_rows(result: EvaluationResult) -> list[dict[str, Any]]:
 
 def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: bool = True) -> dict[str, Path]:
     """Write ``summary.json``, ``summary.csv``, ``per_image.csv``, ``per_image.json``, ``table.md``,
-    ``curves.json`` and, with ``plots``, ``curves.png``, ``methods.png`` and ``examples/<method>.png``.
+    ``curves.json``, ``sanity.json`` (MPRT curves) and, with ``plots``, ``curves.png``, ``sanity.png``,
+    ``methods.png`` and ``examples/<method>.png``.
     Returns the paths."""
     out = Path(out)
     written: dict[str, Path] = {}
@@ -215,7 +235,11 @@ def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: b
     written["table.md"] = write_bytes_atomic(out / "table.md", (describe(result) + "\n\n" + table + "\n").encode())
     if result.curves:
         written["curves.json"] = write_json_atomic(out / "curves.json", _clean(result.curves))
+    if result.sanity:
+        written["sanity.json"] = write_json_atomic(out / "sanity.json", _clean(result.sanity))
     if plots:
+        if result.sanity:
+            written["sanity.png"] = save_png_atomic(out / "sanity.png", plot_sanity(result))
         if result.curves:
             written["curves.png"] = save_png_atomic(out / "curves.png", plot_curves(result))
         if figure_columns(result) and result.figure:

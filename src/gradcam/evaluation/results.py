@@ -14,14 +14,17 @@ from ..imaging.geometry import Geometry
 from .localization import SWEEP
 from .sources import BASELINES
 
-TASKS = ("localization", "pointing", "faithfulness")
+TASKS = ("localization", "pointing", "faithfulness", "sanity")
+#: What :class:`EvaluationSettings` runs by default; ``sanity`` (:mod:`.sanity`, one explanation per layer and
+#: image) is asked for by name or by ``gradcam evaluate all``.
+CORE_TASKS = TASKS[:3]
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
     """What to measure and how (defaults: the published protocols)."""
 
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = CORE_TASKS
     methods: tuple[str, ...] | None = None  # None: every registered method + the input gradient
     baselines: tuple[str, ...] = BASELINES
     layer: str | None = None
@@ -53,6 +56,8 @@ class EvaluationSettings:
     robustness_images: int | None = 8
     seed: int = 0
     figure_images: int = 4  # images in the every-method figure: half with one class, half with several
+    sanity_images: int = 4  # sanity checks on the first N images (each costs 2 x layers + 2 explanations)
+    sanity_modes: tuple[str, ...] = ("cascading", "independent")
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -69,6 +74,10 @@ class EvaluationSettings:
                 f"robustness_samples must be >= 0 and robustness_radius > 0; got {self.robustness_samples}, "
                 f"{self.robustness_radius}"
             )
+        if self.sanity_images < 1:
+            raise ValueError(f"sanity_images must be >= 1; got {self.sanity_images}")
+        if "sanity" in self.tasks and "cascading" not in self.sanity_modes:
+            raise ValueError(f"sanity_modes must include 'cascading' (the verdict's test); got {self.sanity_modes}")
 
 
 @dataclass
@@ -138,6 +147,7 @@ class EvaluationResult:
     evaluated_images: int = 0  # by this run (all ranks); the rest came from partial results
     reused_images: int = 0
     world: int = 1
+    sanity: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)  # MPRT curves by source
 
     def row(self, name: str) -> MethodResult:
         for result in self.methods:

@@ -46,6 +46,7 @@ from .merge import combine
 from .metric_set import MetricSet
 from .results import EvaluationResult, EvaluationSettings, Example, Timing
 from .resume import BatchPart, PartStore, run_key
+from .sanity import image_rows, source_factory
 from .sources import MapSource, make_sources
 
 
@@ -101,6 +102,7 @@ class _Run:
     device: torch.device
     kept: dict[str, dict[str, Example]] = field(default_factory=lambda: defaultdict(dict))  # running best/worst
     batches_done: int = 0
+    layer: Any = None  # the layer methods' layer (rebuilt on randomised copies by the sanity checks)
 
 
 def evaluate(
@@ -151,6 +153,7 @@ def evaluate(
     run = _Run(
         loaded, model, settings, list(sources), key, set(figure_selection(items, settings.figure_images)), device
     )
+    run.layer = layer
     from tqdm.auto import tqdm
 
     parts: list[BatchPart] = []
@@ -185,7 +188,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
     logits = _predict(model, x)
     k = min(settings.top_k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    explained = top if "localization" in tasks else top[:, :1] if "faithfulness" in tasks else top[:, :0]
+    one = "faithfulness" in tasks or "sanity" in tasks  # both explain the top-1 class
+    explained = top if "localization" in tasks else top[:, :1] if one else top[:, :0]
     hits = {"top1": 0, "topk": 0}
     for b, truth in enumerate(truths):
         present = {c for c, _ in truth}
@@ -227,6 +231,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
             m, source, settings, model, x, explained, top_maps, truth_classes, truth_maps, truths, geometries,
             faithful, keep, occlusion, first, batch, part.rows,
         )  # fmt: skip
+        if "sanity" in tasks and first < settings.sanity_images:
+            _sanity(run, m, source, x[: settings.sanity_images - first], top[:, 0], first, part, batch, report)
         if truth_maps is not None:
             before = dict(run.kept[source.name])
             keep_examples(source, truth_maps, truth_classes, truths, geometries, batch, first, m, settings, run.kept)
@@ -357,3 +363,26 @@ def _update_more(
 
         for b, record in enumerate(m.robustness.update(explain, x[:count], classes[:count])):
             row(b).update(record)
+
+
+def _sanity(
+    run: _Run,
+    m: MetricSet,
+    source: MapSource,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    first: int,
+    part: BatchPart,
+    batch: Sequence[AnnotatedImage],
+    report: Callable[[str], None],
+) -> None:
+    """The sanity checks of one source on the batch's first images (:mod:`.sanity`), folded into per-image rows:
+    each image's similarity at the last cascading step and its random-logit SSIM."""
+    try:
+        records = m.sanity.update(run.model, source_factory(source, run.layer, first), x, classes[: len(x)], first)
+    except (GradCAMError, RuntimeError, ValueError) as error:
+        report(f"{source.name}: sanity checks not run on images {first}.. ({type(error).__name__}: {error})")
+        return
+    for image, values in image_rows(records).items():
+        key = (image, source.name)
+        part.rows.setdefault(key, {"image": batch[image - first].name, "method": source.name}).update(values)

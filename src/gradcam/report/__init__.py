@@ -324,10 +324,12 @@ def _common_folder(names: list[str]) -> str:
 
 
 def _table_columns(summary: dict[str, Any]) -> list[str]:
-    from ..evaluation.report import COLUMNS, HEADLINE_COLUMNS, TASK_COLUMNS
+    from ..evaluation.report import COLUMNS, HEADLINE_COLUMNS, HEADLINE_TASKS, TASK_COLUMNS
 
     tasks = (summary.get("settings") or {}).get("tasks") or list(TASK_COLUMNS)
-    columns = list(HEADLINE_COLUMNS) if len(tasks) == 3 else [c for t in tasks for c in TASK_COLUMNS.get(t, ())]
+    headline = all(t in tasks for t in HEADLINE_TASKS)
+    columns = list(HEADLINE_COLUMNS) if headline else [c for t in tasks if t in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
+    columns += [c for t in tasks if t not in HEADLINE_TASKS for c in TASK_COLUMNS.get(t, ())]
     columns.append("cost")
     present = {key for row in summary.get("methods") or [] if isinstance(row, dict) for key in row}
     return [c for c in dict.fromkeys(columns) if c in present and c in COLUMNS]
@@ -357,6 +359,10 @@ def metric_table(summary: dict[str, Any]) -> str:
         cells = []
         for column in columns:
             value = _finite(row.get(column))
+            if isinstance(row.get(column), str):  # a verdict (the sanity checks' pass / FAIL)
+                text = html.escape(row[column])
+                cells.append(f'<td class="fail"><strong>{text}</strong></td>' if text == "FAIL" else f"<td>{text}</td>")
+                continue
             cells.append("<td>–</td>" if value is None else f"<td>{COLUMNS[column][1].format(value)}</td>")
         body.append(f"<tr{kind}{method}><th>{title}</th>{''.join(cells)}</tr>")
     return f'<table class="metrics"><thead><tr><th>Method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -439,6 +445,11 @@ def _evaluation_html(out: Path, summary: Any, curves: Any) -> str:
     if isinstance(curves, dict) and curves:
         parts.append("<h3>Deletion and insertion curves</h3>")
         parts.append(curves_svg(curves, titles, str(settings.get("score", "score"))))
+    if (out / "sanity.png").is_file():
+        parts.append(
+            '<h3>Sanity checks: similarity to the trained model\'s maps, layer by layer</h3><img class="wide" '
+            'loading="lazy" src="sanity.png" alt="model-parameter randomisation curves">'
+        )
     if (out / "methods.png").is_file():
         parts.append(
             '<h3>Every method, same images</h3><img class="wide" loading="lazy" src="methods.png" '
