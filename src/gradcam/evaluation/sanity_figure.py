@@ -13,6 +13,7 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..imaging.curves import CURVE_COLOURS
 from .results import EvaluationResult
 from .sanity import THRESHOLD
 
@@ -40,9 +41,7 @@ def plot_sanity(result: EvaluationResult) -> Image.Image:
 
 
 def _colour(index: int) -> tuple[int, int, int]:
-    from .report import _CURVE_COLOURS
-
-    return _CURVE_COLOURS[index % len(_CURVE_COLOURS)]
+    return CURVE_COLOURS[index % len(CURVE_COLOURS)]
 
 
 def _plot_matplotlib(result: EvaluationResult) -> Image.Image:
