@@ -168,8 +168,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threshold must be a fraction in [0, 1]; got {args.threshold}")
     if not 0.0 < args.iou <= 1.0:
         raise CLIError(f"--iou must be in (0, 1]; got {args.iou}")
-    if min(args.robustness_samples, args.robustness_images, args.road_images) < 0:
-        raise CLIError("--road-images, --robustness-samples and --robustness-images must be >= 0")
+    for option in ("road_images", "robustness_samples", "robustness_images"):
+        if getattr(args, option) < 0:
+            raise CLIError(f"--{option.replace('_', '-')} must be >= 0; got {getattr(args, option)}")
+    if args.sanity_images < 1:
+        raise CLIError(f"--sanity-images must be >= 1; got {args.sanity_images}")
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0; got {args.seed}")
     if not math.isfinite(args.fill):
