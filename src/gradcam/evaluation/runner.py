@@ -200,12 +200,8 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
     # one call per source: the predicted classes, then the ground-truth classes
     targets = torch.cat([explained, truth_targets if need_truth else truth_targets[:, :0]], dim=1)
     split = explained.shape[1]
-    faithful = "faithfulness" in tasks and (
-        settings.faithfulness_images is None or first < settings.faithfulness_images
-    )
-    keep = len(batch)
-    if faithful and settings.faithfulness_images is not None:
-        keep = min(len(batch), settings.faithfulness_images - first)
+    keep = _subset(first, len(batch), settings.faithfulness_images)  # faithfulness on the run's first N images
+    faithful = "faithfulness" in tasks and keep > 0
     occlusion = None
     if faithful and settings.occlusion:  # computed once per batch, shared by every source
         occlusion = MetricSet(settings, run.loaded).occlusion.occlusion(model, x[:keep], top[:keep, 0])
@@ -231,8 +227,9 @@ def _evaluate_batch(run: _Run, first: int, batch: Sequence[AnnotatedImage], repo
             m, source, settings, model, x, explained, top_maps, truth_classes, truth_maps, truths, geometries,
             faithful, keep, occlusion, first, batch, part.rows,
         )  # fmt: skip
-        if "sanity" in tasks and first < settings.sanity_images:
-            _sanity(run, m, source, x[: settings.sanity_images - first], top[:, 0], first, part, batch, report)
+        sane = _subset(first, len(batch), settings.sanity_images)
+        if "sanity" in tasks and sane:
+            _sanity(run, m, source, x[:sane], top[:, 0], first, part, batch, report)
         if truth_maps is not None:
             before = dict(run.kept[source.name])
             keep_examples(source, truth_maps, truth_classes, truths, geometries, batch, first, m, settings, run.kept)
