@@ -7,8 +7,6 @@ of the adversarial class, each map overlaid on the adversarial image.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -20,6 +18,7 @@ from ..imaging.draw import overlay
 from ..imaging.grids import grid
 from ..imaging.io import save_png_atomic, write_bytes_atomic, write_json_atomic
 from .adversarial_experiment import AdversarialResult
+from .report import csv_text
 from .sources import title
 
 __all__ = ["COLUMNS", "adversarial_figure", "format_adversarial_table", "write_adversarial_report"]
@@ -51,15 +50,6 @@ def format_adversarial_table(result: AdversarialResult) -> str:
     for row in result.rows:
         lines.append("| " + " | ".join(_cell(row[key], spec) for key, (_, spec) in COLUMNS.items()) + " |")
     return "\n".join(lines)
-
-
-def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
 
 
 def adversarial_figure(
@@ -103,8 +93,8 @@ def write_adversarial_report(
     folder.mkdir(parents=True, exist_ok=True)
     written = {
         "table.md": write_bytes_atomic(folder / "table.md", (format_adversarial_table(result) + "\n").encode()),
-        "summary.csv": write_bytes_atomic(folder / "summary.csv", _csv_bytes(result.rows)),
-        "per_image.csv": write_bytes_atomic(folder / "per_image.csv", _csv_bytes(result.per_image)),
+        "summary.csv": write_bytes_atomic(folder / "summary.csv", csv_text(result.rows).encode("utf-8")),
+        "per_image.csv": write_bytes_atomic(folder / "per_image.csv", csv_text(result.per_image).encode("utf-8")),
         "summary.json": write_json_atomic(
             folder / "summary.json",
             {"model": result.model, "settings": result.settings, "rows": _json_safe(result.rows)},

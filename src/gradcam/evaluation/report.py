@@ -168,7 +168,8 @@ def describe(result: EvaluationResult) -> str:
     return "; ".join(parts)
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV: the union of their keys as columns, lists and dicts as JSON."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -228,8 +229,8 @@ def write_report(result: EvaluationResult, out: str | os.PathLike[str], plots: b
             }
         ),
     )
-    written["summary.csv"] = write_bytes_atomic(out / "summary.csv", _csv_text(rows).encode("utf-8"))
-    written["per_image.csv"] = write_bytes_atomic(out / "per_image.csv", _csv_text(result.per_image).encode("utf-8"))
+    written["summary.csv"] = write_bytes_atomic(out / "summary.csv", csv_text(rows).encode("utf-8"))
+    written["per_image.csv"] = write_bytes_atomic(out / "per_image.csv", csv_text(result.per_image).encode("utf-8"))
     written["per_image.json"] = write_json_atomic(out / "per_image.json", _clean(result.per_image))
     table = format_table(result)
     written["table.md"] = write_bytes_atomic(out / "table.md", (describe(result) + "\n\n" + table + "\n").encode())
