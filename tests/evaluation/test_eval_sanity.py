@@ -334,7 +334,8 @@ def test_evaluate_sanity_task_matches_the_function_api_however_batched():
     )
     one = evaluate(loaded, items, settings)
     two = evaluate(loaded, items, EvaluationSettings(**{**settings.__dict__, "batch_size": 2}))
-    check = SanityCheck(seed=settings.seed)
+    assert settings.sanity_modes == ("cascading",)  # the default: the verdict's test only
+    check = SanityCheck(modes=settings.sanity_modes, seed=settings.seed)
     check.update(loaded.model, map_factory("gradcam", loaded.default_layer), x[:2], classes[:2])
     direct = check.summary()
     summary = two.row("gradcam").summary  # the same batch of two as the direct call: the same numbers
@@ -352,7 +353,7 @@ def test_evaluate_sanity_task_matches_the_function_api_however_batched():
         assert result.row("center").summary["sanity"] == "FAIL"
         assert sum(1 for row in result.per_image if "mprt_ssim" in row) == 2 * 2  # 2 images x 2 sources
     table = format_table(one)
-    assert "| MPRT SSIM ↓ |" in table and "| **FAIL** |" in table and "| pass |" in table
+    assert "| MPRT SSIM (curve mean) ↓ |" in table and "| **FAIL** |" in table and "| pass |" in table
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

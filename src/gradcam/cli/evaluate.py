@@ -115,7 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sanity checks (model-parameter randomisation, random logit)")
     group.add_argument(
         "--sanity-images", type=int, default=4, metavar="N",
-        help="sanity checks on the first N images (default 4; each costs 2 x layers + 2 explanations per method)",
+        help="sanity checks on the first N images (default 4; each costs layers + 3 explanations per method)",
+    )  # fmt: skip
+    group.add_argument(
+        "--sanity-independent", action="store_true",
+        help="also randomise each layer alone (Adebayo et al.'s independent test; as many explanations again)",
     )  # fmt: skip
     parser.add_argument("--no-plots", action="store_true", help="write no PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -225,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         robustness_images=args.robustness_images,
         figure_images=args.figure_images,
         sanity_images=args.sanity_images,
+        sanity_modes=("cascading", "independent") if args.sanity_independent else ("cascading",),
     )
 
     def report(line: str) -> None:

@@ -113,11 +113,11 @@ class MetricSet:
 
 
 def sanity_columns(summary: dict[str, Any]) -> dict[str, Any]:
-    """The table's sanity numbers: last cascading step's SSIM and |Spearman|, random-logit SSIM, pass / FAIL."""
-    passed = summary.get("passed")
+    """The table's sanity numbers: the cascading curve's mean SSIM and |Spearman|, random-logit SSIM, and the
+    verdict (pass / partial / FAIL, :mod:`.sanity`)."""
     return {
         "mprt_ssim": summary.get("mprt_ssim"),
         "mprt_spearman": summary.get("mprt_spearman"),
         "random_logit_ssim": summary.get("random_logit_ssim"),
-        "sanity": None if passed is None else "pass" if passed else "FAIL",
+        "sanity": summary.get("verdict"),
     }

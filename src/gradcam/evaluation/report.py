@@ -62,13 +62,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "sparseness": ("Sparseness ↑", "{:.3f}"),
     "entropy": ("Entropy ↓", "{:.2f}"),
     "cost": ("Cost (forward passes) ↓", "{:.1f}"),
-    "mprt_ssim": ("MPRT SSIM ↓", "{:.3f}"),
-    "mprt_spearman": ("MPRT rank corr. ↓", "{:.3f}"),
+    "mprt_ssim": ("MPRT SSIM (curve mean) ↓", "{:.3f}"),
+    "mprt_spearman": ("MPRT abs. rank corr. (curve mean) ↓", "{:.3f}"),
     "random_logit_ssim": ("Random-logit SSIM ↓", "{:.3f}"),
     "sanity": ("Sanity", "{}"),
 }
 #: Cell text that flags a method in the table (a failed sanity check).
-FLAGS = {"FAIL": "**FAIL**"}
+FLAGS = {"FAIL": "**FAIL**", "partial": "*partial*"}
 
 TASK_COLUMNS = {
     "localization": ("top1_loc_error", "topk_loc_error", "top1_cls_error", "box_accuracy", "max_box_accuracy"),
@@ -162,8 +162,8 @@ def describe(result: EvaluationResult) -> str:
     if "sanity" in s.tasks:
         parts.append(
             f"sanity: {' and '.join(s.sanity_modes)} randomisation of every layer, top down, and a random other "
-            f"class, on the first {min(s.sanity_images, result.images)} images; FAIL when the maps of the fully "
-            f"randomised model keep SSIM or rank correlation > {THRESHOLD:g}"
+            f"class, on the first {min(s.sanity_images, result.images)} images; FAIL when the maps keep a mean SSIM "
+            f"> {THRESHOLD:g} over the cascading steps, partial when only their mean rank correlation of absolute values does"
         )
     return "; ".join(parts)
 

@@ -374,7 +374,7 @@ def _sanity(
     report: Callable[[str], None],
 ) -> None:
     """The sanity checks of one source on the batch's first images (:mod:`.sanity`), folded into per-image rows:
-    each image's similarity at the last cascading step and its random-logit SSIM."""
+    each image's mean similarity over the cascading steps and its random-logit SSIM."""
     try:
         records = m.sanity.update(run.model, source_factory(source, run.layer, first), x, classes[: len(x)], first)
     except (GradCAMError, RuntimeError, ValueError) as error:

@@ -20,13 +20,19 @@ reset too (mean 0, variance 1). A layer reset under the seed that built it gets 
 untrained model made right after ``torch.manual_seed(seed)``): randomise with another seed. Layers on an
 accelerator draw from that device's generator, so their values differ from the CPU's for the same seed.
 
-Verdict. A method **fails** when, with every layer randomised (the last cascading step), its maps are still
-alike the trained model's: mean SSIM, or mean Spearman's rho of the maps' absolute values, above
-:data:`THRESHOLD` = 0.5. The number is the midpoint between unchanged maps (1) and unrelated ones (0); in the
-paper the methods judged insensitive (Guided Backprop, Guided Grad-CAM) stay visibly alike their originals as
-the layers are randomised while the gradient and Grad-CAM decay towards 0 (Adebayo et al. 2018, Fig. 2 and 4).
-A map that ignores the model (the baselines) has similarity 1 and fails. The verdict reads the last step only:
-the whole curve (a method that changes only once the first layers are random) is in :meth:`SanityCheck.curves`.
+Verdict. The cascading curve is read as a whole, not only at its last step: a method **fails** when its maps,
+averaged over the cascading steps (the area under the similarity-vs-step curve, divided by the steps), keep a
+mean SSIM above :data:`THRESHOLD` = 0.5 with the trained model's maps -- they still look the same while ever
+more of the model is random. The number is the midpoint between unchanged maps (1) and unrelated ones (0).
+Reading the last step alone lets a method pass that ignores most of the model: on the synthetic CNN Guided
+Backprop keeps SSIM > 0.5 for 9 of 15 steps (the top-down randomisation of everything but the first
+convolutions) and drops only at the end. SSIM is the verdict's measure because "the map looks the same" is
+the paper's criterion (Adebayo et al. 2018, Fig. 2 and 4: Guided Backprop and Guided Grad-CAM stay visibly
+alike their originals while the gradient and Grad-CAM decay towards 0). A method that passes by SSIM but
+whose maps keep a mean rank correlation of absolute values above the threshold is **partial**: the ordering
+of its pixels, mostly the image's own contrast, survives the randomisation although the map's structure does
+not. A map that ignores the model (the baselines) has similarity 1 and fails. :meth:`SanityCheck.curves` has
+the whole curve; ``*_last`` the last step.
 """
 
 from __future__ import annotations
@@ -145,15 +151,22 @@ def source_factory(source: MapSource, layer: Any = None, first: int = 0) -> MapF
 
 
 def image_rows(records: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Per image: ``mprt_ssim`` / ``mprt_spearman`` (absolute values) at the last cascading step, and the
-    random-logit ``random_logit_ssim`` with the ``random_class`` drawn."""
-    last = max((r["step"] for r in records if r["test"] == "cascading"), default=None)
+    """Per image: ``mprt_ssim`` / ``mprt_spearman`` (absolute values), means over the cascading steps (the
+    verdict's numbers), and the random-logit ``random_logit_ssim`` with the ``random_class`` drawn."""
+    steps: dict[int, list[dict[str, Any]]] = {}
     rows: dict[int, dict[str, Any]] = {}
     for r in records:
-        if r["test"] == "cascading" and r["step"] == last:
-            rows.setdefault(r["image"], {}).update({"mprt_ssim": r["ssim"], "mprt_spearman": r["spearman_abs"]})
+        if r["test"] == "cascading":
+            steps.setdefault(r["image"], []).append(r)
         elif r["test"] == "random-logit":
             rows.setdefault(r["image"], {}).update({"random_logit_ssim": r["ssim"], "random_class": r["other"]})
+    for image, cascade in steps.items():
+        rows.setdefault(image, {}).update(
+            {
+                "mprt_ssim": nanmean([r["ssim"] for r in cascade]),
+                "mprt_spearman": nanmean([r["spearman_abs"] for r in cascade]),
+            }
+        )
     return rows
 
 
@@ -251,15 +264,21 @@ class SanityCheck(Mergeable):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The curves; ``mprt_ssim`` / ``mprt_spearman`` (absolute values) at the last cascading step;
-        ``random_logit_ssim``; ``passed`` (None when cascading was not run or no map was seen)."""
+        """The curves; ``mprt_ssim`` / ``mprt_spearman`` (absolute values): means over the cascading curve, and
+        ``mprt_ssim_last`` / ``mprt_spearman_last`` at its last step; ``random_logit_ssim``; ``passed`` (the
+        SSIM verdict; None when cascading was not run or no map was seen) and ``verdict``: ``"pass"``,
+        ``"partial"`` (passed, but the mean rank correlation is above the threshold) or ``"FAIL"``."""
         curves = self.curves()
-        out: dict[str, Any] = {"curves": curves, "threshold": self.threshold, "passed": None}
-        if curves.get("cascading"):
-            last = list(curves["cascading"].values())[-1]
-            out["mprt_ssim"], out["mprt_spearman"] = last["ssim"], last["spearman_abs"]
-            similar = [v for v in (last["ssim"], last["spearman_abs"]) if v == v]
-            out["passed"] = None if not similar else all(v <= self.threshold for v in similar)
+        out: dict[str, Any] = {"curves": curves, "threshold": self.threshold, "passed": None, "verdict": None}
+        cascade = list(curves.get("cascading", {}).values())
+        if cascade:
+            out["mprt_ssim"] = nanmean([step["ssim"] for step in cascade])
+            out["mprt_spearman"] = nanmean([step["spearman_abs"] for step in cascade])
+            out["mprt_ssim_last"], out["mprt_spearman_last"] = cascade[-1]["ssim"], cascade[-1]["spearman_abs"]
+            if out["mprt_ssim"] == out["mprt_ssim"]:
+                out["passed"] = out["mprt_ssim"] <= self.threshold
+                ranks_kept = out["mprt_spearman"] > self.threshold  # False for NaN
+                out["verdict"] = "FAIL" if not out["passed"] else "partial" if ranks_kept else "pass"
         logit = [r for r in self.records if r["test"] == "random-logit"]
         if logit:
             out["random_logit_ssim"] = nanmean([r["ssim"] for r in logit])
