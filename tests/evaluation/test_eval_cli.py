@@ -52,6 +52,7 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
         "gradcam": "pass", "counterfactual": "pass", "center": "FAIL", "whole-image": "FAIL", "random": "FAIL"
     }  # fmt: skip
     assert methods["center"]["mprt_ssim"] == 1.0 and methods["gradcam"]["mprt_ssim"] < 0.5
+    assert methods["center"]["mprt_ssim_last"] == 1.0 and methods["gradcam"]["mprt_ssim_last"] < 0.5
     curves = json.loads((out / "sanity.json").read_text())
     assert (
         list(curves["gradcam"]) == ["cascading", "independent"] and next(iter(curves["gradcam"]["cascading"])) == "fc"

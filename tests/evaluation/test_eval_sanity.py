@@ -14,6 +14,7 @@ from torch import nn
 from gradcam.evaluation import load_synthetic_model, synthetic_items
 from gradcam.evaluation.sanity import (
     SanityCheck,
+    image_rows,
     map_factory,
     parameter_randomisation,
     random_logit,
@@ -248,6 +249,42 @@ def test_verdict_on_the_synthetic_cnn_gradcam_passes_baselines_fail():
     for name in ("center", "random"):
         assert verdicts[name]["passed"] is False
         assert verdicts[name]["mprt_ssim"] == 1.0 and verdicts[name]["mprt_spearman"] == 1.0
+
+
+def _cascade(check: SanityCheck, ssims: list[float], ranks: list[float]) -> SanityCheck:
+    """Records of one image's cascading curve with the given SSIM and |Spearman| per step."""
+    check.records = [
+        {"test": "cascading", "step": i + 1, "layer": f"layer{i}", "image": 0, "ssim": a, "spearman": b,
+         "spearman_abs": b}
+        for i, (a, b) in enumerate(zip(ssims, ranks))
+    ]  # fmt: skip
+    return check
+
+
+def test_the_verdict_reads_the_mean_of_the_whole_cascading_curve():
+    # the last step alone would pass all three: the mean over the steps decides
+    late = _cascade(SanityCheck(modes=("cascading",)), [0.9, 0.8, 0.7, 0.1], [0.2, 0.2, 0.2, 0.2]).summary()
+    assert late["mprt_ssim"] == pytest.approx(2.5 / 4) and late["mprt_ssim_last"] == 0.1
+    assert late["passed"] is False and late["verdict"] == "FAIL"
+    ranks = _cascade(SanityCheck(modes=("cascading",)), [0.3, 0.3, 0.2, 0.2], [0.9, 0.8, 0.5, 0.1]).summary()
+    assert ranks["mprt_spearman"] == pytest.approx(2.3 / 4) and ranks["mprt_spearman_last"] == 0.1
+    assert ranks["passed"] is True and ranks["verdict"] == "partial"
+    clean = _cascade(SanityCheck(modes=("cascading",)), [0.6, 0.5, 0.4, 0.5], [0.5, 0.5, 0.5, 0.5]).summary()
+    assert clean["mprt_ssim"] == 0.5 and clean["verdict"] == "pass"  # the threshold itself passes
+    assert image_rows(_cascade(SanityCheck(), [0.9, 0.8, 0.7, 0.1], [0.4, 0.2, 0.2, 0.2]).records) == {
+        0: {"mprt_ssim": pytest.approx(2.5 / 4), "mprt_spearman": pytest.approx(1.0 / 4)}
+    }
+    assert SanityCheck(modes=("cascading",)).summary()["verdict"] is None  # nothing seen: no verdict
+
+
+def test_guided_backprop_fails_on_the_synthetic_cnn_although_its_last_step_is_unlike():
+    # Adebayo et al.'s finding: Guided Backprop's map survives the randomisation of most of the model
+    loaded, x, classes = _synthetic_batch()
+    check = SanityCheck(modes=("cascading",), random_logit=False)
+    check.update(loaded.model, map_factory("guided-backprop"), x, classes)
+    summary = check.summary()
+    assert summary["mprt_ssim_last"] < 0.5 < summary["mprt_ssim"]
+    assert summary["verdict"] == "FAIL"
 
 
 def test_merge_of_two_shards_gives_the_same_summary():

@@ -118,6 +118,8 @@ def sanity_columns(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "mprt_ssim": summary.get("mprt_ssim"),
         "mprt_spearman": summary.get("mprt_spearman"),
+        "mprt_ssim_last": summary.get("mprt_ssim_last"),
+        "mprt_spearman_last": summary.get("mprt_spearman_last"),
         "random_logit_ssim": summary.get("random_logit_ssim"),
         "sanity": summary.get("verdict"),
     }
