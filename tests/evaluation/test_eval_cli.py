@@ -24,9 +24,8 @@ def test_synthetic_all_writes_tables_files_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "all", "--synthetic", "--images", 6, "--faithfulness-images", 3, "--method", "gradcam"]
     extra = ["--road-images", 1, "--robustness-images", 2]  # ROAD and sensitivity on fewer images still
-    code, stdout, _ = run(
-        [*args, "--method", "counterfactual", "--sanity-images", 2, "--sanity-independent", "--html", "--out", out, *extra, *SMALL], capsys
-    )
+    sanity = ["--method", "counterfactual", "--sanity-images", 2, "--sanity-independent"]
+    code, stdout, _ = run([*args, *sanity, "--html", "--out", out, *extra, *SMALL], capsys)
     assert code == 0
     assert "| Grad-CAM |" in stdout and "| Counterfactual |" in stdout and "| Baseline: random map |" in stdout
     assert "model synthetic-cnn, 6 images" in stdout

@@ -43,6 +43,15 @@ SYNTHETIC_DEFAULTS = {"images": 200, "top_k": 1, "tolerance": 4.0, "step": 224, 
 FOLDER_DEFAULTS = {"images": None, "top_k": 5, "tolerance": 15.0, "step": None, "faithfulness_images": None}
 
 
+class _MethodChoices(list):
+    """The registered methods (as listed in the help and the error), also accepting a smoothing suffix."""
+
+    def __contains__(self, name: object) -> bool:
+        from ..evaluation.sources import is_method_name
+
+        return isinstance(name, str) and is_method_name(name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.faithfulness import BASELINES as FILLS
     from ..evaluation.scoring import SCORES
@@ -67,8 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(model=None)  # resolved in run(): the synthetic CNN with --synthetic, else the default
     parser.add_argument("--layer", help="layer for the layer methods (default: the model's)")
     parser.add_argument(
-        "--method", action="append", choices=list(METHODS), help="method to evaluate (repeatable; default: all)"
-    )
+        "--method", action="append", choices=_MethodChoices(METHODS),
+        help="method to evaluate (repeatable; default: all); NAME+aug-smooth, NAME+noise-smooth and "
+        "NAME+eigen-smooth evaluate it wrapped in that smoothing",
+    )  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true", help="leave out the centre/whole-image/random baselines")
     parser.add_argument("--out", default="gradcam-eval", metavar="DIR", help="output folder (default gradcam-eval)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -163,7 +163,8 @@ def describe(result: EvaluationResult) -> str:
         parts.append(
             f"sanity: {' and '.join(s.sanity_modes)} randomisation of every layer, top down, and a random other "
             f"class, on the first {min(s.sanity_images, result.images)} images; FAIL when the maps keep a mean SSIM "
-            f"> {THRESHOLD:g} over the cascading steps, partial when only their mean rank correlation of absolute values does"
+            f"> {THRESHOLD:g} over the cascading steps, partial when only their mean rank correlation of absolute "
+            "values does"
         )
     return "; ".join(parts)
 

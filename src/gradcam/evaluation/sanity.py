@@ -47,7 +47,7 @@ from torch import nn
 from ..capture import model_guard
 from ..targets import select_output
 from .similarity import SIMILARITIES, map_similarities, nanmean
-from .sources import MapSource, MethodSource
+from .sources import MapSource, MethodSource, method_source, split_name
 from .state import Mergeable
 
 __all__ = [
@@ -114,15 +114,10 @@ def map_factory(explainer: str | Callable[[nn.Module], Any], layer: Any = None) 
     ):
         raise TypeError("layer must be given by name for the sanity checks: a randomised copy has its own modules")
     if isinstance(explainer, str):
-        from ..methods import METHODS, create_explainer
-
-        if explainer not in METHODS:
-            raise ValueError(f"unknown method {explainer!r}; available: {', '.join(METHODS)}")
-        spec = METHODS[explainer]
+        split_name(explainer)  # a ValueError now for an unknown name, not at the first randomised model
 
         def build(model: nn.Module) -> MapFunction:
-            made = create_explainer(explainer, model, layer if spec.uses_layer else None)
-            return MethodSource(explainer, made, dict(spec.call_options)).maps
+            return method_source(explainer, model, layer).maps
 
         return build
     if not callable(explainer):

@@ -2,7 +2,8 @@
 
 One panel per (similarity, mode): SSIM and absolute-value rank correlation on the rows, cascading and independent
 randomisation on the columns; x: the randomised layer, top (logits) first, as in Adebayo et al. 2018, Fig. 2;
-the dotted line is the verdict's threshold. Matplotlib when installed, otherwise PIL.
+the dotted line is the verdict's threshold, which the mean of a curve's SSIM must not exceed. Matplotlib when
+installed, otherwise PIL.
 """
 
 from __future__ import annotations

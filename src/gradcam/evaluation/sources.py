@@ -4,6 +4,10 @@ A :class:`MapSource` turns a batch and a (B, k) class tensor into (B, k, H, W) n
 the input frame. Registered methods are read from :data:`gradcam.methods.METHODS` at call time, so a
 newly registered method is evaluated (and appears in the tables) without any change here.
 
+A method name may end in a smoothing, ``NAME+aug-smooth``, ``NAME+noise-smooth`` or ``NAME+eigen-smooth``
+(:mod:`gradcam.smoothing`, with its defaults): the registered method wrapped, so that the compositions are
+ranked beside the methods. ``--method gradcam+aug-smooth`` on the command line.
+
 Baselines, which never look at the model:
 
 - ``center``: 1 inside a centred box covering the middle half of each side, 0 elsewhere (the "centre"
@@ -16,6 +20,7 @@ Baselines, which never look at the model:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import GradCAMError
 from ..methods import METHODS, create_explainer
 from ..methods.base import Explainer
+from ..smoothing import AugSmooth, EigenSmooth, NoiseSmooth
 from .regions import saliency_2d
 
 BASELINES = ("center", "whole-image", "random")
@@ -104,10 +111,55 @@ class BaselineSource(MapSource):
         return maps.view(batch, k, height, width)
 
 
+#: Smoothing suffixes of a method name: (title, wrapper of an explainer), see :mod:`gradcam.smoothing`.
+SMOOTHINGS: dict[str, tuple[str, Callable[[Explainer], Explainer]]] = {
+    "aug-smooth": ("test-time augmentation", AugSmooth),
+    "noise-smooth": ("noise smoothing", NoiseSmooth),
+    "eigen-smooth": ("eigen smoothing", EigenSmooth),
+}
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``(registered method, smoothing suffix or None)`` of an evaluated method's name; ValueError when the
+    method is not registered ("gradcam++" is a method, "gradcam+++aug-smooth" its test-time augmentation)."""
+    base, plus, suffix = name.rpartition("+")
+    if plus and suffix in SMOOTHINGS and base in METHODS:
+        return base, suffix
+    if name in METHODS:
+        return name, None
+    raise ValueError(
+        f"unknown method {name!r}; available: {', '.join(METHODS)}, each optionally followed by "
+        f"{', '.join('+' + s for s in SMOOTHINGS)}"
+    )
+
+
+def is_method_name(name: str) -> bool:
+    try:
+        split_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def method_source(name: str, model: nn.Module, layer: Any = None) -> MethodSource:
+    """The :class:`MethodSource` of a registered method, or of one wrapped in a smoothing (see above)."""
+    base, smoothing = split_name(name)
+    spec = METHODS[base]
+    explainer = create_explainer(base, model, layer if spec.uses_layer else None)
+    if smoothing is not None:
+        explainer = SMOOTHINGS[smoothing][1](explainer)
+    return MethodSource(name, explainer, dict(spec.call_options))
+
+
 def title(name: str) -> str:
-    """A display name: the registered method's title, a baseline's, else the name itself."""
-    spec = METHODS.get(name)
-    return spec.title if spec is not None else BASELINE_TITLES.get(name, name)
+    """A display name: the registered method's title (with its smoothing), a baseline's, else the name itself."""
+    if name in BASELINE_TITLES:
+        return BASELINE_TITLES[name]
+    try:
+        base, smoothing = split_name(name)
+    except ValueError:
+        return name
+    return METHODS[base].title + ("" if smoothing is None else f" + {SMOOTHINGS[smoothing][0]}")
 
 
 def default_methods() -> list[str]:
@@ -125,17 +177,18 @@ def make_sources(
     """Build the sources to evaluate; methods that cannot be built for ``model`` are returned as
     ``{name: reason}`` instead of raising (CAM on a head that is not GAP + linear, say)."""
     methods = default_methods() if methods is None else list(methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not is_method_name(m)]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown method(s) {unknown}; available: {', '.join(METHODS)}, each optionally followed by "
+            f"{', '.join('+' + s for s in SMOOTHINGS)}"
+        )
     sources: list[MapSource] = []
     failures: dict[str, str] = {}
     for name in methods:
         try:
-            spec = METHODS[name]
-            explainer = create_explainer(name, model, layer if spec.uses_layer else None)
-            sources.append(MethodSource(name, explainer, dict(spec.call_options)))
-        except (ValueError, TypeError, RuntimeError) as error:
+            sources.append(method_source(name, model, layer))
+        except (GradCAMError, ValueError, TypeError, RuntimeError) as error:
             failures[name] = f"{type(error).__name__}: {error}"
     sources.extend(BaselineSource(name, seed=seed) for name in baselines)
     return sources, failures
