@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from gradcam.evaluation.report import COLUMNS, FLAGS
+from gradcam.evaluation.report import COLUMNS, format_cell
 
 TABLES = (
     (
@@ -49,15 +48,7 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     lines = ["| Method | " + " | ".join(COLUMNS[c][0] for c in columns) + " |"]
     lines.append("|" + "|".join(["---"] + ["---:"] * len(columns)) + "|")
     for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                cells.append("–")
-            else:
-                text = COLUMNS[column][1].format(value)
-                cells.append(FLAGS.get(text, text))
-        lines.append(f"| {row['title']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['title']} | " + " | ".join(format_cell(c, row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 

@@ -111,6 +111,14 @@ def table_columns(result: EvaluationResult) -> list[str]:
     return [c for c in dict.fromkeys(columns) if c in present]
 
 
+def format_cell(column: str, value: Any) -> str:
+    """A table cell: ``value`` in the column's format (:data:`COLUMNS`), flags marked, "–" when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = COLUMNS[column][1].format(value)
+    return FLAGS.get(text, text)
+
+
 def format_table(result: EvaluationResult, columns: Sequence[str] | None = None) -> str:
     """A Markdown table, one row per method (baselines last); methods that failed show why."""
     columns = list(columns or table_columns(result))
@@ -125,14 +133,7 @@ def format_table(result: EvaluationResult, columns: Sequence[str] | None = None)
                 f"| {method.title} | not evaluated: {method.error.splitlines()[0][:80]} |" + " |" * (len(columns) - 1)
             )
             continue
-        cells = []
-        for column in columns:
-            value = method.summary.get(column)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                cells.append("–")
-            else:
-                text = COLUMNS[column][1].format(value)
-                cells.append(FLAGS.get(text, text))
+        cells = [format_cell(column, method.summary.get(column)) for column in columns]
         lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
