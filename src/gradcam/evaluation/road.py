@@ -56,22 +56,29 @@ def _neighbour_sum(values: torch.Tensor) -> torch.Tensor:
 
 def _conjugate_gradients(apply: Any, rhs: torch.Tensor, rtol: float, max_iterations: int) -> torch.Tensor:
     """Solve ``apply(v) = rhs`` for each of the N independent systems in ``rhs`` (N, 1, H, W) by conjugate
-    gradients, until every residual is at most ``rtol`` times its right-hand side (2-norms)."""
+    gradients, until every residual is at most ``rtol`` times its right-hand side (2-norms).
+
+    A system stops where it reaches its goal while the others go on: iterating a converged system would drive
+    its residual into float underflow, where ``rr / curvature`` is no longer a step but noise (inf, then NaN).
+    """
     solution = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
     rr = residual.square().sum((1, 2, 3), keepdim=True)
     goal = (rtol**2) * rr
     for _ in range(max_iterations):
-        if bool((rr <= goal).all()):
+        active = rr > goal
+        if not bool(active.any()):
             break
         applied = apply(direction)
         curvature = (direction * applied).sum((1, 2, 3), keepdim=True)
-        step = torch.where(curvature > 0, rr / torch.where(curvature > 0, curvature, 1), 0)
+        moving = active & (curvature > 0)
+        step = torch.where(moving, rr / torch.where(moving, curvature, 1), 0)
         solution = solution + step * direction
         residual = residual - step * applied
         new_rr = residual.square().sum((1, 2, 3), keepdim=True)
-        direction = residual + torch.where(rr > 0, new_rr / torch.where(rr > 0, rr, 1), 0) * direction
+        beta = torch.where(moving, new_rr / torch.where(moving, rr, 1), 0)
+        direction = torch.where(moving, residual + beta * direction, direction)
         rr = new_rr
     return solution
 
