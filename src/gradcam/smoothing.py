@@ -21,6 +21,7 @@ are averaged and left signed: ``NoiseSmooth(InputGradient(model))`` is SmoothGra
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ from .methods.eigencam import eigen_smoothed
 from .targets import Target, resolve_target
 
 __all__ = ["AugSmooth", "EigenSmooth", "NoiseSmooth", "eigen_smoothed"]
+
+logger = logging.getLogger("gradcam")
 
 
 def resize(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -63,6 +66,9 @@ class _MapAverage(Explainer):
         """(modified input, map from the modified input's grid back to x's) pairs."""
         raise NotImplementedError
 
+    def check_variants(self, clean: torch.Tensor | None, variants: list[torch.Tensor | None]) -> None:
+        """Called with the class scores of x and of each variant (None where the output has none)."""
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -76,12 +82,14 @@ class _MapAverage(Explainer):
             output = run_model(self.model, usable_input(x), forward_kwargs)
             resolved = resolve_target(target, output, x.shape[0], self.output)
         asked = target if resolved.classes is None else resolved.classes  # (B, k): every variant is multi
-        total, count, first = None, 0, None
+        total, count, first, logits = None, 0, None, []
         for inputs, back in self.variants(x):
             e = self.method(inputs, asked, counterfactual=counterfactual, forward_kwargs=forward_kwargs)
             aligned = back((e.heatmap if e.multi_target else e.heatmap.unsqueeze(1)).float())
             total = aligned if total is None else total + aligned
             count, first = count + 1, e if first is None else first
+            logits.append(e.logits)
+        self.check_variants(resolved.logits, logits)
         raw = total / count
         multi = resolved.multi
         # class-activation maps (B, k, *S) are normalised; input-space attributions (B, k, C, *S) stay signed
@@ -178,6 +186,26 @@ class NoiseSmooth(_MapAverage):
     def variants(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]:
         for eps in input_noise(x, self.samples, self.noise, self.stdev, self.seed):
             yield x + eps, _same
+
+    def check_variants(self, clean: torch.Tensor | None, variants: list[torch.Tensor | None]) -> None:
+        """A WARNING when, for some image, the model's top-1 class on x stays top-1 in fewer than half of the
+        noisy copies: the averaged map then explains what the model makes of the noise, not of the image
+        (a model trained without noise, at SmoothGrad's 15 %, can lose its class entirely)."""
+        if clean is None or clean.dim() != 2 or any(v is None or v.shape != clean.shape for v in variants):
+            return
+        top = clean.argmax(dim=1)
+        kept = torch.stack([v.argmax(dim=1) == top for v in variants]).float().mean(dim=0)  # (B,)
+        lost = (kept < 0.5).nonzero().flatten().tolist()
+        if lost:
+            level = f"stdev={self.stdev:g}" if self.stdev is not None else f"noise={self.noise:g} of the value range"
+            logger.warning(
+                "gradcam: noise smoothing (%s): the model's top-1 class survives in only %s of the %d noisy copies "
+                "of image(s) %s, so the averaged map explains what the model makes of the noise; lower the noise",
+                level,
+                ", ".join(f"{float(kept[b]) * len(variants):.0f}" for b in lost[:8]),
+                len(variants),
+                lost[:8],
+            )
 
 
 def _same(maps: torch.Tensor) -> torch.Tensor:

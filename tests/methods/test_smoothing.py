@@ -252,3 +252,34 @@ def test_an_eigen_smoothed_class_composes_with_multi_layer_fusion(gap_net):
     fused = gradcam.MultiLayerCAM(gap_net, ["body", "act"], method=eigen_smoothed(gradcam.GradCAM))(x, [1, 2])
     maps = [EigenSmooth(gradcam.GradCAM(gap_net, layer))(x, [1, 2]).heatmap for layer in ("body", "act")]
     torch.testing.assert_close(fused.raw, (maps[0] + maps[1]) / 2)
+
+
+def _noise_sensitive_classifier() -> nn.Module:
+    """Class 0: a constant 0.5; class 1: the mean rectified Laplacian, 0 on a flat image and ~0.4 x 9 sigma on
+    N(0, sigma^2) noise (the centre's 8 and the eight -1s)."""
+    conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="replicate")
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([0.5, 0.0]))
+        conv.weight[1, 0] = -1.0
+        conv.weight[1, 0, 1, 1] = 8.0
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+        head.bias.zero_()
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def test_noise_smooth_warns_when_the_noise_takes_the_class_away(caplog):
+    model, x = _noise_sensitive_classifier(), torch.ones(2, 1, 8, 8)
+    with caplog.at_level("WARNING", logger="gradcam"):
+        NoiseSmooth(gradcam.GradCAM(model, "1"), samples=4, stdev=0.01)(x)  # Laplacian ~0.04 < 0.5: class 0 kept
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="gradcam"):
+        e = NoiseSmooth(gradcam.GradCAM(model, "1"), samples=4, stdev=1.0)(x)  # ~3.6 > 0.5: class 1 on every copy
+    assert e.classes.tolist() == [0, 0]  # the clean image's class is still the one explained
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage() == (
+        "gradcam: noise smoothing (stdev=1): the model's top-1 class survives in only 0, 0 of the 4 noisy copies of "
+        "image(s) [0, 1], so the averaged map explains what the model makes of the noise; lower the noise"
+    )
