@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -23,33 +25,41 @@ logger = logging.getLogger("gradcam")
 ROWS = (("ssim", "SSIM"), ("spearman_abs", "rank corr. (abs)"))
 
 
-def _series(result: EvaluationResult) -> list[tuple[str, dict[str, dict[str, dict[str, float]]]]]:
-    titles = {m.name: m.title for m in result.methods}
-    return [(titles.get(name, name), curves) for name, curves in result.sanity.items()]
-
-
-def _modes(result: EvaluationResult) -> list[str]:
-    return list(dict.fromkeys(mode for curves in result.sanity.values() for mode in curves))
+#: ``{method: {mode: {layer: {similarity: value}}}}``, as ``EvaluationResult.sanity`` and ``sanity.json`` hold them
+SanityCurves = Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]
 
 
 def plot_sanity(result: EvaluationResult) -> Image.Image:
     """The MPRT curves of every method of ``result.sanity`` (see the module docstring)."""
-    try:
-        return _plot_matplotlib(result)
-    except ImportError:
-        logger.info("gradcam: matplotlib is not installed; drawing the sanity curves with PIL")
-        return _plot_pil(result)
+    return sanity_figure(result.sanity, {m.name: m.title for m in result.methods})
+
+
+def sanity_figure(curves: SanityCurves, titles: Mapping[str, str] | None = None, backend: str = "auto") -> Image.Image:
+    """The MPRT curves of the methods in ``curves`` (a run's ``sanity.json``, or a selection of its methods),
+    labelled with ``titles`` (default: the names). ``backend``: ``"matplotlib"``, ``"pil"`` or ``"auto"``
+    (matplotlib when installed)."""
+    if backend not in ("auto", "matplotlib", "pil"):
+        raise ValueError(f"backend must be 'auto', 'matplotlib' or 'pil', got {backend!r}")
+    series = [((titles or {}).get(name, name), method) for name, method in curves.items()]
+    modes = list(dict.fromkeys(mode for method in curves.values() for mode in method))
+    if backend != "pil":
+        try:
+            return _plot_matplotlib(modes, series)
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+            logger.info("gradcam: matplotlib is not installed; drawing the sanity curves with PIL")
+    return _plot_pil(modes, series)
 
 
 def _colour(index: int) -> tuple[int, int, int]:
     return CURVE_COLOURS[index % len(CURVE_COLOURS)]
 
 
-def _plot_matplotlib(result: EvaluationResult) -> Image.Image:
+def _plot_matplotlib(modes: list[str], series: list[tuple[str, Any]]) -> Image.Image:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    modes, series = _modes(result), _series(result)
     figure = Figure(figsize=(5.5 * len(modes), 7.5), dpi=100)
     FigureCanvasAgg(figure)
     for row, (key, label) in enumerate(ROWS):
@@ -76,8 +86,7 @@ def _plot_matplotlib(result: EvaluationResult) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def _plot_pil(result: EvaluationResult, panel: int = 420, height: int = 300) -> Image.Image:
-    modes, series = _modes(result), _series(result)
+def _plot_pil(modes: list[str], series: list[tuple[str, Any]], panel: int = 420, height: int = 300) -> Image.Image:
     canvas = Image.new("RGB", (panel * len(modes), height * len(ROWS)), "white")
     pen, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for row, (key, label) in enumerate(ROWS):
