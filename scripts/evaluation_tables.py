@@ -34,7 +34,7 @@ def joined_rows(paths: list[Path]) -> list[dict]:
     settings = None
     for path in paths:
         summary = json.loads(path.read_text())
-        own = {key: value for key, value in summary["settings"].items() if key != "methods"}
+        own = {key: value for key, value in summary["settings"].items() if key not in ("methods", "baselines")}
         if settings is not None and own != settings:
             raise SystemExit(f"{path}: other settings than {paths[0]}; its rows would not be comparable")
         settings = own
