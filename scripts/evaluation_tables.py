@@ -5,7 +5,7 @@
 Rows of several runs over the same images (same settings) are joined, a method's first row kept; each run's
 cost column is its own paired measurement (forward passes), so rows of different runs stay comparable. Two
 tables: localization and deletion / insertion; then sanity, ROAD, robustness and complexity. The cells are
-formatted as ``table.md`` formats them (:data:`gradcam.evaluation.report.COLUMNS`).
+formatted as ``table.md`` formats them (:func:`gradcam.evaluation.report.table_row`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gradcam.evaluation.report import COLUMNS, format_cell
+from gradcam.evaluation.report import table_head, table_row
 
 TABLES = (
     (
@@ -45,11 +45,7 @@ def joined_rows(paths: list[Path]) -> list[dict]:
 
 
 def table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    lines = ["| Method | " + " | ".join(COLUMNS[c][0] for c in columns) + " |"]
-    lines.append("|" + "|".join(["---"] + ["---:"] * len(columns)) + "|")
-    for row in rows:
-        lines.append(f"| {row['title']} | " + " | ".join(format_cell(c, row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
+    return "\n".join([*table_head(columns), *(table_row(row["title"], row, columns) for row in rows)])
 
 
 def main() -> None:

@@ -186,8 +186,6 @@ def run(args: argparse.Namespace) -> int:
     for option in ("road_images", "robustness_samples", "robustness_images"):
         if getattr(args, option) < 0:
             raise CLIError(f"--{option.replace('_', '-')} must be >= 0; got {getattr(args, option)}")
-    if args.sanity_images < 1:
-        raise CLIError(f"--sanity-images must be >= 1; got {args.sanity_images}")
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0; got {args.seed}")
     if not math.isfinite(args.fill):

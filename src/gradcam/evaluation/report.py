@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -100,15 +100,21 @@ HEADLINE_COLUMNS = (
 METHODS_TILE_HEIGHT = 160
 
 
-def table_columns(result: EvaluationResult) -> list[str]:
-    """The columns for this run: the headline set when every task ran, else each task's own."""
-    tasks = result.settings.tasks
+def columns_for(tasks: Sequence[str], present: set[str]) -> list[str]:
+    """The table's columns for a run of ``tasks`` whose rows hold the keys ``present``: the headline set when
+    localization, pointing and faithfulness all ran (else each of their own), then the other tasks' columns
+    (sanity), then the cost; only columns with a value in some row. Unknown tasks (a newer summary.json) add
+    nothing."""
     headline = all(task in tasks for task in HEADLINE_TASKS)
     columns = list(HEADLINE_COLUMNS) if headline else [c for t in tasks if t in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
-    columns += [c for t in tasks if t not in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
+    columns += [c for t in tasks if t not in HEADLINE_TASKS for c in TASK_COLUMNS.get(t, ())]
     columns.append("cost")
-    present = {key for m in result.methods for key in m.summary}
-    return [c for c in dict.fromkeys(columns) if c in present]
+    return [c for c in dict.fromkeys(columns) if c in present and c in COLUMNS]
+
+
+def table_columns(result: EvaluationResult) -> list[str]:
+    """The columns for this run (:func:`columns_for`)."""
+    return columns_for(result.settings.tasks, {key for m in result.methods for key in m.summary})
 
 
 def format_cell(column: str, value: Any) -> str:
@@ -119,12 +125,22 @@ def format_cell(column: str, value: Any) -> str:
     return FLAGS.get(text, text)
 
 
+def table_head(columns: Sequence[str], k: int | str = 5) -> list[str]:
+    """A Markdown table's header and alignment lines for ``columns`` (``{k}`` in a header: the top-k)."""
+    headers = ["Method"] + [COLUMNS[c][0].replace("{k}", str(k)) for c in columns]
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+
+
+def table_row(title: str, values: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One Markdown table row: ``title`` and ``values`` of ``columns`` (:func:`format_cell`)."""
+    return f"| {title} | " + " | ".join(format_cell(column, values.get(column)) for column in columns) + " |"
+
+
 def format_table(result: EvaluationResult, columns: Sequence[str] | None = None) -> str:
     """A Markdown table, one row per method (baselines last); methods that failed show why."""
     columns = list(columns or table_columns(result))
-    k = str(next((m.summary.get("k") for m in result.methods if m.summary.get("k")), result.settings.top_k))
-    headers = ["Method"] + [COLUMNS[c][0].replace("{k}", k) for c in columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    k = next((m.summary.get("k") for m in result.methods if m.summary.get("k")), result.settings.top_k)
+    lines = table_head(columns, k)
     ordered = [m for m in result.methods if not m.is_baseline and not m.error]
     ordered += [m for m in result.methods if m.is_baseline] + [m for m in result.methods if m.error]
     for method in ordered:
@@ -133,8 +149,7 @@ def format_table(result: EvaluationResult, columns: Sequence[str] | None = None)
                 f"| {method.title} | not evaluated: {method.error.splitlines()[0][:80]} |" + " |" * (len(columns) - 1)
             )
             continue
-        cells = [format_cell(column, method.summary.get(column)) for column in columns]
-        lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
+        lines.append(table_row(method.title, method.summary, columns))
     return "\n".join(lines)
 
 

@@ -100,9 +100,9 @@ class _Run:
     key: str
     figure: set[int]
     device: torch.device
+    layer: Any  # the layer methods' layer (rebuilt on randomised copies by the sanity checks)
     kept: dict[str, dict[str, Example]] = field(default_factory=lambda: defaultdict(dict))  # running best/worst
     batches_done: int = 0
-    layer: Any = None  # the layer methods' layer (rebuilt on randomised copies by the sanity checks)
 
 
 def evaluate(
@@ -150,10 +150,8 @@ def evaluate(
     reused = {first: part for first, part in reused.items() if first in agreed}
     pending = [first for first in firsts if first not in reused]
     mine = pending[rank::world]
-    run = _Run(
-        loaded, model, settings, list(sources), key, set(figure_selection(items, settings.figure_images)), device
-    )
-    run.layer = layer
+    figure = set(figure_selection(items, settings.figure_images))
+    run = _Run(loaded, model, settings, list(sources), key, figure, device, layer=layer)
     from tqdm.auto import tqdm
 
     parts: list[BatchPart] = []

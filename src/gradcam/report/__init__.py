@@ -324,15 +324,10 @@ def _common_folder(names: list[str]) -> str:
 
 
 def _table_columns(summary: dict[str, Any]) -> list[str]:
-    from ..evaluation.report import COLUMNS, HEADLINE_COLUMNS, HEADLINE_TASKS, TASK_COLUMNS
+    from ..evaluation.report import TASK_COLUMNS, columns_for
 
     tasks = (summary.get("settings") or {}).get("tasks") or list(TASK_COLUMNS)
-    headline = all(t in tasks for t in HEADLINE_TASKS)
-    columns = list(HEADLINE_COLUMNS) if headline else [c for t in tasks if t in HEADLINE_TASKS for c in TASK_COLUMNS[t]]
-    columns += [c for t in tasks if t not in HEADLINE_TASKS for c in TASK_COLUMNS.get(t, ())]
-    columns.append("cost")
-    present = {key for row in summary.get("methods") or [] if isinstance(row, dict) for key in row}
-    return [c for c in dict.fromkeys(columns) if c in present and c in COLUMNS]
+    return columns_for(tasks, {key for row in summary.get("methods") or [] if isinstance(row, dict) for key in row})
 
 
 def metric_table(summary: dict[str, Any]) -> str:
